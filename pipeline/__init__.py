@@ -1,0 +1,1 @@
+"""The labelling job: a Beam pipeline that runs the teacher with vLLM and writes soft-label shards."""

@@ -1,0 +1,196 @@
+"""The labelling job as a short composition of named Beam transforms.
+
+    ReadRaw / ReadSimplified -> Parse -> JoinById -> Pair -> Tokenize -> Chunk -> Label+WriteShard
+                                                                  rejects -> WriteRejects
+                              -> WriteManifest (last: the commit)
+
+Per-element logic lives in records.py, tokenize.py, teacher.py and shards.py as plain functions.
+"""
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import records, shards
+from pipeline.teacher import TeacherConfig, context_length, checkpoint_dtype, model_config
+from pipeline.tokenize import Tokenized, load_tokenizer, tokenize_example
+from schemas import (SCHEMA_VERSION, Manifest, cache_key, load_manifest, teacher_fingerprint,
+                     tokenizer_fingerprint, write_manifest)
+from schemas.manifest import strip_credentials
+
+REJECTED = "rejected"
+log = logging.getLogger("kd.label")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelJob:
+    teacher: TeacherConfig
+    input: str
+    out: str
+    simplified: str | None = None
+    shard_rows: int = 512
+
+
+def split_rejects(element):
+    """Route a reject dict to the REJECTED output, anything else to the main output."""
+    if isinstance(element, dict):
+        yield beam.pvalue.TaggedOutput(REJECTED, element)
+    else:
+        yield element
+
+
+class TokenizeFn(beam.DoFn):
+    def __init__(self, model_dir: str, max_len: int, trust_remote_code: bool):
+        self.model_dir, self.max_len, self.trust = model_dir, max_len, trust_remote_code
+
+    def setup(self):
+        self.tok = load_tokenizer(self.model_dir, self.trust)
+
+    def process(self, ex):
+        yield from split_rejects_all(tokenize_example(self.tok, ex, self.max_len))
+
+
+def split_rejects_all(items):
+    for item in items:
+        yield from split_rejects(item)
+
+
+def chunk_key(item: Tokenized, n_rows: int, shard_rows: int) -> tuple[int, Tokenized]:
+    n_chunks = max(1, math.ceil(n_rows / shard_rows))
+    bucket = int(hashlib.sha256(item.id.encode()).hexdigest()[:12], 16) % n_chunks
+    return bucket, item
+
+
+class LabelChunkFn(beam.DoFn):
+    """Label one chunk with the process-wide teacher and commit it as one shard."""
+
+    def __init__(self, cfg: TeacherConfig, out: str, metadata: dict):
+        self.cfg, self.out, self.metadata = cfg, out, metadata
+
+    def setup(self):
+        from pipeline.teacher import get_teacher
+        self.teacher = get_teacher(self.cfg)
+
+    def process(self, keyed):
+        _, items = keyed
+        items = sorted(items, key=lambda t: t.id)
+        labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items])
+        info = shards.write_shard(self.out, list(zip(items, labels)), self.cfg.top_k,
+                                  self.cfg.hidden_layers, self.metadata)
+        log.info("committed %s (%d rows, %d tokens)", info.path, info.rows, info.tokens)
+        yield dataclasses.asdict(info)
+
+
+def commit_manifest(shard_infos, rejects_info, rows_in, out, header):
+    """The last step: write the manifest listing every shard, after all shards are durable."""
+    shard_list = sorted(shard_infos, key=lambda s: s["path"])
+    labelled = sum(s["rows"] for s in shard_list)
+    counts = {"rows_in": rows_in, "rows_labelled": labelled,
+              "rows_rejected": rejects_info["rows"],
+              "tokens_labelled": sum(s["tokens"] for s in shard_list)}
+    if counts["rows_in"] != labelled + rejects_info["rows"]:
+        raise RuntimeError(f"row accounting broken: {counts}")  # a bug, never bad input
+    from schemas import ShardInfo
+    manifest = Manifest(shards=[ShardInfo(**s) for s in shard_list], rejects=rejects_info,
+                        counts=counts, **header)
+    write_manifest(out, manifest)
+    return counts
+
+
+def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict) -> None:
+    cfg = job.teacher
+    max_len = cfg.max_model_len or context_length(model_config(cfg.model_dir))
+    sources = [("Raw", job.input, "raw")]
+    if job.simplified:
+        sources.append(("Simplified", job.simplified, "simplified"))
+    parsed, counts = {}, []
+    for name, path, view in sources:
+        lines = (p | f"Read{name}" >> beam.Create([path])
+                 | f"Lines{name}" >> beam.FlatMap(records.read_lines, view)
+                 | f"Reshuffle{name}" >> beam.Reshuffle())
+        counts.append(lines | f"Count{name}" >> beam.combiners.Count.Globally())
+        parsed[view] = (lines | f"Parse{name}" >> beam.MapTuple(records.parse_line)
+                        | f"Split{name}" >> beam.FlatMap(split_rejects).with_outputs(REJECTED,
+                                                                                   main="ok"))
+    keyed = {view: out.ok | f"KeyById{view}" >> beam.Map(lambda r: (r.id, r))
+             for view, out in parsed.items()}
+    if "simplified" not in keyed:
+        keyed["simplified"] = p | "NoSimplified" >> beam.Create([])
+    paired = (keyed | "JoinById" >> beam.CoGroupByKey()
+              | "Pair" >> beam.FlatMapTuple(lambda i, g: records.pair(i, list(g["raw"]),
+                                                                       list(g["simplified"])))
+              | "SplitPair" >> beam.FlatMap(split_rejects).with_outputs(REJECTED, main="ok"))
+    toks = (paired.ok | "Tokenize" >> beam.ParDo(TokenizeFn(cfg.model_dir, max_len,
+                                                            cfg.trust_remote_code))
+            .with_outputs(REJECTED, main="ok"))
+    n_examples = toks.ok | "CountExamples" >> beam.combiners.Count.Globally()
+    infos = (toks.ok
+             | "Chunk" >> beam.Map(chunk_key, beam.pvalue.AsSingleton(n_examples), job.shard_rows)
+             | "GroupChunks" >> beam.GroupByKey()
+             | "LabelAndWrite" >> beam.ParDo(LabelChunkFn(cfg, job.out, metadata)))
+    rejects = ([out[REJECTED] for out in parsed.values()] + [paired[REJECTED], toks[REJECTED]]
+               | "AllRejects" >> beam.Flatten())
+    rejects_info = (rejects | "CollectRejects" >> beam.combiners.ToList()
+                    | "WriteRejects" >> beam.Map(lambda rs: shards.write_rejects(job.out, rs)))
+    rows_in = (counts | "AllCounts" >> beam.Flatten() | "RowsIn" >> beam.CombineGlobally(sum))
+    (infos | "CollectShards" >> beam.combiners.ToList()
+     | "WriteManifest" >> beam.Map(commit_manifest, beam.pvalue.AsSingleton(rejects_info),
+                                   beam.pvalue.AsSingleton(rows_in), job.out, header))
+
+
+def run(job: LabelJob, beam_args: list[str]) -> dict:
+    """Run the job; return the summary (counts, shards, rejects by reason)."""
+    cfg = job.teacher
+    mcfg = model_config(cfg.model_dir)
+    label_config = {"mode": "score", "top_k": cfg.top_k, "hidden_layers": list(cfg.hidden_layers),
+                    "hidden_pooling": "mean_response", "dtype": cfg.dtype or checkpoint_dtype(mcfg),
+                    "add_bos": True, "add_eos": True, "views": ["raw"] + (["simplified"]
+                                                                        if job.simplified else [])}
+    t_fp, tok_fp = teacher_fingerprint(cfg.model_dir), tokenizer_fingerprint(cfg.model_dir)
+    key = cache_key(t_fp, tok_fp, label_config)
+    header = {"schema_version": SCHEMA_VERSION, "cache_key": key,
+              "teacher": {"path": strip_credentials(cfg.model_dir), "fingerprint": t_fp,
+                          "dtype": label_config["dtype"]},
+              "tokenizer_fingerprint": tok_fp, "label_config": label_config}
+    metadata = {"teacher_fingerprint": t_fp, "tokenizer_fingerprint": tok_fp, "k": cfg.top_k,
+                "label_mode": "score", "dtype": label_config["dtype"], "cache_key": key}
+    if not any(a.startswith("--runner") for a in beam_args):
+        beam_args = ["--runner=FnApiRunner", *beam_args]
+    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+        build(p, job, header, metadata)
+    manifest = load_manifest(job.out)
+    return summarize(job.out, manifest)
+
+
+def summarize(out: str, manifest: Manifest) -> dict:
+    import pyarrow.parquet as pq
+    import fsspec
+    fs, root = fsspec.core.url_to_fs(out)
+    reasons = collections.Counter()
+    if manifest.rejects["rows"]:
+        table = pq.read_table(f"{root}/{manifest.rejects['path']}", filesystem=fs,
+                              columns=["reason"])
+        reasons.update(table["reason"].to_pylist())
+    return {**manifest.counts, "shards": len(manifest.shards),
+            "rejects_path": f"{out}/{manifest.rejects['path']}",
+            "rejects_by_reason": dict(sorted(reasons.items())), "cache_key": manifest.cache_key}
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"rows in        {summary['rows_in']}",
+             f"rows labelled  {summary['rows_labelled']}",
+             f"rows rejected  {summary['rows_rejected']}",
+             f"tokens         {summary['tokens_labelled']}",
+             f"shards         {summary['shards']}"]
+    for reason, n in summary["rejects_by_reason"].items():
+        lines.append(f"  rejected: {reason:<16} {n}")
+    return "\n".join(lines)
+
+
+def dumps(summary: dict) -> str:
+    return json.dumps(summary, indent=1, sort_keys=True)

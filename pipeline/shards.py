@@ -1,0 +1,99 @@
+"""Encode labelled examples as schema-v1 Arrow tables and commit them as Parquet shards.
+
+A shard is named by the content of the chunk it came from, written to a temporary name and renamed
+into place, so a retried or rerun chunk rewrites the same file and readers never see half a file.
+"""
+import hashlib
+import io
+import uuid
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.teacher import Labels
+from pipeline.tokenize import Tokenized
+from schemas import REJECT_SCHEMA, ShardInfo, hidden_column, row_schema
+
+ROW_GROUP_ROWS = 256
+
+
+def chunk_name(items: list[Tokenized]) -> str:
+    h = hashlib.sha256()
+    for t in sorted(items, key=lambda t: t.id):
+        h.update(f"{t.id}\0{t.raw_ids}\0{t.simplified_ids}\n".encode())
+    return f"part-{h.hexdigest()[:20]}.parquet"
+
+
+def _list_of_lists(rows: list[np.ndarray], k: int, dtype) -> pa.Array:
+    """(n_i, k) arrays -> list<list<dtype>> without per-element Python objects."""
+    flat = np.concatenate([r.reshape(-1) for r in rows]).astype(dtype)
+    inner_off = np.arange(0, flat.size + 1, k, dtype=np.int32)
+    inner = pa.ListArray.from_arrays(pa.array(inner_off), pa.array(flat))
+    outer_off = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(outer_off), inner)
+
+
+def _list(rows: list[np.ndarray], dtype) -> pa.Array:
+    flat = np.concatenate([np.asarray(r).reshape(-1) for r in rows]).astype(dtype)
+    off = np.concatenate([[0], np.cumsum([np.asarray(r).size for r in rows])]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(off), pa.array(flat))
+
+
+def build_table(items: list[tuple[Tokenized, Labels]], k: int, hidden_layers: tuple[int, ...],
+                metadata: dict) -> pa.Table:
+    """One raw row per example, plus a simplified row carrying the same labels when present."""
+    rows = []  # (id, view, ids, start, labels)
+    for tok, lab in sorted(items, key=lambda x: x[0].id):
+        rows.append((tok.id, "raw", tok.raw_ids, tok.raw_start, lab))
+        if tok.simplified_ids is not None:
+            rows.append((tok.id, "simplified", tok.simplified_ids, tok.simplified_start, lab))
+    cols = {
+        "example_id": pa.array([r[0] for r in rows], pa.string()),
+        "view": pa.array([r[1] for r in rows], pa.string()),
+        "input_ids": _list([np.asarray(r[2]) for r in rows], np.int32),
+        "label_start": pa.array([r[3] for r in rows], pa.int32()),
+        "topk_ids": _list_of_lists([r[4].topk_ids for r in rows], k, np.int32),
+        "topk_logprobs": _list_of_lists([r[4].topk_logprobs for r in rows], k, np.float32),
+        "target_logprob": _list([r[4].target_logprob for r in rows], np.float32),
+    }
+    for layer in hidden_layers:
+        cols[hidden_column(layer)] = _list([r[4].hidden[layer] for r in rows], np.float32)
+    schema = row_schema(hidden_layers, metadata)
+    return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+
+def commit_bytes(out_dir: str, rel_path: str, data: bytes) -> None:
+    """Write ``data`` to ``out_dir/rel_path`` through a temporary name and a rename."""
+    fs, root = fsspec.core.url_to_fs(out_dir)
+    final = f"{root}/{rel_path}"
+    fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{final.rsplit('/', 1)[0]}/.tmp-{uuid.uuid4().hex}"
+    fs.pipe(tmp, data)
+    fs.mv(tmp, final)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+    return buf.getvalue()
+
+
+def write_shard(out_dir: str, items: list[tuple[Tokenized, Labels]], k: int,
+                hidden_layers: tuple[int, ...], metadata: dict) -> ShardInfo:
+    table = build_table(items, k, hidden_layers, metadata)
+    data = parquet_bytes(table)
+    rel = f"shards/{chunk_name([t for t, _ in items])}"
+    commit_bytes(out_dir, rel, data)
+    tokens = pc.sum(pc.list_value_length(table["target_logprob"])).as_py()
+    return ShardInfo(rel, table.num_rows, tokens, len(data), hashlib.sha256(data).hexdigest())
+
+
+def write_rejects(out_dir: str, rejects: list[dict]) -> dict:
+    rejects = sorted(rejects, key=lambda r: (r["source"], r["line"], r["view"]))
+    table = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+    rel = "rejects/rejects.parquet"
+    commit_bytes(out_dir, rel, parquet_bytes(table))
+    return {"path": rel, "rows": len(rejects)}

@@ -1,0 +1,46 @@
+"""Tokenise prompt and response as separate segments, so the response tokens are identical in the
+raw and simplified views (only the offset ``label_start`` differs)."""
+import dataclasses
+
+from pipeline.records import Example, reject
+
+
+@dataclasses.dataclass
+class Tokenized:
+    id: str
+    raw_ids: list[int]          # BOS + prompt + response (+ EOS)
+    raw_start: int              # index of the first response token in raw_ids
+    simplified_ids: list[int] | None
+    simplified_start: int | None
+
+
+def load_tokenizer(model_dir: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+
+
+def prompt_ids(tok, prompt: str) -> list[int]:
+    ids = tok.encode(prompt, add_special_tokens=False)
+    return ([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids
+
+
+def response_ids(tok, response: str) -> list[int]:
+    ids = tok.encode(response, add_special_tokens=False)
+    return ids + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+
+
+def tokenize_example(tok, ex: Example, max_len: int) -> list[Tokenized | dict]:
+    """Tokenise one example; a sequence over ``max_len`` rejects the example (both views)."""
+    resp = response_ids(tok, ex.response)
+    raw_p = prompt_ids(tok, ex.prompt)
+    simp_p = prompt_ids(tok, ex.simplified_prompt) if ex.simplified_prompt is not None else None
+    longest = len(resp) + max(len(raw_p), len(simp_p or []))
+    if longest > max_len:
+        detail = f"{longest} tokens > teacher context {max_len}"
+        out = [reject(*ex.raw_src, "raw", "too_long", detail, ex.id)]
+        if ex.simplified_src:
+            out.append(reject(*ex.simplified_src, "simplified", "too_long", detail, ex.id))
+        return out
+    return [Tokenized(ex.id, raw_p + resp, len(raw_p),
+                      None if simp_p is None else simp_p + resp,
+                      None if simp_p is None else len(simp_p))]

@@ -1,0 +1,70 @@
+"""Schema v1 of a soft-label row and of a rejected row.
+
+One row is one (example, view). Per response token j (token ``input_ids[label_start + j]``):
+``topk_ids[j]`` / ``topk_logprobs[j]`` hold the teacher's k most likely next tokens, sorted by
+descending probability, with natural-log probabilities at temperature 1, the teacher conditioned
+on the RAW prompt and the response tokens before j; ``target_logprob[j]`` is the teacher's
+log-probability of the actual token. Simplified rows carry the same teacher labels on the same
+response tokens behind the simplified prompt.
+"""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+META_PREFIX = "kd."
+VIEWS = ("raw", "simplified")
+
+
+def hidden_column(layer: int) -> str:
+    """Column holding the mean over the response span of transformers' ``hidden_states[layer]``."""
+    return f"hidden_mean_l{layer}"
+
+
+def row_schema(hidden_layers: tuple[int, ...] = (), metadata: dict | None = None) -> pa.Schema:
+    fields = [
+        pa.field("example_id", pa.string(), nullable=False),
+        pa.field("view", pa.string(), nullable=False),
+        pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("label_start", pa.int32(), nullable=False),
+        pa.field("topk_ids", pa.list_(pa.list_(pa.int32())), nullable=False),
+        pa.field("topk_logprobs", pa.list_(pa.list_(pa.float32())), nullable=False),
+        pa.field("target_logprob", pa.list_(pa.float32()), nullable=False),
+    ]
+    fields += [pa.field(hidden_column(layer), pa.list_(pa.float32()), nullable=False)
+               for layer in hidden_layers]
+    schema = pa.schema(fields)
+    if metadata:
+        schema = schema.with_metadata(encode_metadata(metadata))
+    return schema
+
+
+REJECT_SCHEMA = pa.schema([
+    pa.field("source", pa.string()),      # file the record came from
+    pa.field("line", pa.int64()),         # 1-based line number in that file (-1 if unknown)
+    pa.field("example_id", pa.string()),  # null when the record had no usable id
+    pa.field("view", pa.string()),
+    pa.field("reason", pa.string()),      # short machine-friendly reason code
+    pa.field("detail", pa.string()),      # human-readable detail
+    pa.field("record", pa.string()),      # the offending text, truncated
+])
+
+
+def encode_metadata(meta: dict) -> dict[bytes, bytes]:
+    """File key-value metadata: every value JSON-encoded under a ``kd.`` key."""
+    out = {f"{META_PREFIX}schema_version".encode(): str(SCHEMA_VERSION).encode()}
+    for key, value in meta.items():
+        out[f"{META_PREFIX}{key}".encode()] = json.dumps(value, sort_keys=True).encode()
+    return out
+
+
+def read_file_metadata(path: str, filesystem=None) -> dict:
+    """The ``kd.*`` key-value metadata of a shard, decoded."""
+    raw = pq.read_schema(path, filesystem=filesystem).metadata or {}
+    out = {}
+    for k, v in raw.items():
+        key = k.decode()
+        if key.startswith(META_PREFIX):
+            out[key[len(META_PREFIX):]] = json.loads(v.decode())
+    return out
