@@ -159,12 +159,23 @@ def run(job: LabelJob, beam_args: list[str]) -> dict:
               "tokenizer_fingerprint": tok_fp, "label_config": label_config}
     metadata = {"teacher_fingerprint": t_fp, "tokenizer_fingerprint": tok_fp, "k": cfg.top_k,
                 "label_mode": "score", "dtype": label_config["dtype"], "cache_key": key}
+    copy_tokenizer(cfg.model_dir, job.out)
     if not any(a.startswith("--runner") for a in beam_args):
         beam_args = ["--runner=FnApiRunner", *beam_args]
     with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
         build(p, job, header, metadata)
     manifest = load_manifest(job.out)
     return summarize(job.out, manifest)
+
+
+def copy_tokenizer(model_dir: str, out: str) -> None:
+    """Ship the teacher's tokenizer inside the label set, so students need nothing else."""
+    import fsspec
+    from schemas.fingerprint import TOKENIZER_FILES
+    fs, root = fsspec.core.url_to_fs(model_dir)
+    for name in TOKENIZER_FILES:
+        if fs.exists(f"{root}/{name}"):
+            shards.commit_bytes(out, f"tokenizer/{name}", fs.cat_file(f"{root}/{name}"))
 
 
 def summarize(out: str, manifest: Manifest) -> dict:

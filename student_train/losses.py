@@ -1,0 +1,76 @@
+"""Distillation losses as pure functions over a sparse top-k teacher.
+
+Shapes: N positions, V vocabulary, k teacher ids per position.
+- ``topk_ids`` (N, k) int64 and ``topk_logprobs`` (N, k): the teacher's k most likely tokens and
+  their log-probabilities at temperature 1 (as stored in the label shards).
+- The teacher's mass outside its top k is either a (k+1)-th "tail" bucket on both sides
+  (``tail=True``, exact at T=1) or dropped by renormalising over the k ids (``tail=False``).
+- Temperature T: teacher log-probs are divided by T and renormalised; with the tail bucket the
+  unknown tail is taken as uniform over the V-k other tokens, which is exact at T=1.
+Every loss returns a per-position tensor (N,); callers reduce.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def teacher_logprobs(topk_logprobs: torch.Tensor, vocab: int, temperature: float = 1.0,
+                     tail: bool = True) -> torch.Tensor:
+    """(N, k) stored log-probs -> (N, k+1) [tail last] or (N, k) teacher log-distribution at T."""
+    lp = topk_logprobs.float()
+    if not tail:
+        return torch.log_softmax(lp / temperature, dim=-1)
+    k = lp.shape[-1]
+    mass = torch.logsumexp(lp, dim=-1)  # log sum of top-k probs
+    tail_lp = torch.log1p(-mass.exp().clamp(max=1 - 1e-6))  # log(1 - sum p_topk)
+    rest = max(vocab - k, 1)
+    # uniform tail: each of `rest` tokens has log-prob tail_lp - log(rest)
+    tail_t = (tail_lp - math.log(rest)) / temperature + math.log(rest)
+    return torch.log_softmax(torch.cat([lp / temperature, tail_t[:, None]], dim=-1), dim=-1)
+
+
+def student_logprobs(logits: torch.Tensor, topk_ids: torch.Tensor, temperature: float = 1.0,
+                     tail: bool = True) -> torch.Tensor:
+    """(N, V) logits -> student log-probs at the teacher's ids, (N, k+1) with tail or (N, k)."""
+    z = logits.float() / temperature
+    at_ids = z.gather(-1, topk_ids.long())
+    if not tail:
+        return torch.log_softmax(at_ids, dim=-1)
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    lq = at_ids - lse
+    tail_lq = torch.log1p(-lq.exp().sum(-1).clamp(max=1 - 1e-6))
+    return torch.cat([lq, tail_lq[:, None]], dim=-1)
+
+
+def forward_kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row; mean-seeking (the classic Hinton objective)."""
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+def reverse_kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) per row; mode-seeking (MiniLLM)."""
+    return (lq.exp() * (lq - lp)).sum(-1)
+
+
+DIVERGENCES = {"forward_kl": forward_kl, "reverse_kl": reverse_kl}
+
+
+def sparse_kd_loss(logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
+                   temperature: float = 1.0, divergence: str = "forward_kl",
+                   tail: bool = True) -> torch.Tensor:
+    """Per-position divergence between the sparse teacher and the student, at temperature T."""
+    tail = tail and topk_ids.shape[-1] < logits.shape[-1]  # k = V: nothing outside the top k
+    lp = teacher_logprobs(topk_logprobs, logits.shape[-1], temperature, tail)
+    lq = student_logprobs(logits, topk_ids, temperature, tail)
+    return DIVERGENCES[divergence](lp, lq)
+
+
+def ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-position cross-entropy of the true tokens."""
+    return F.cross_entropy(logits.float(), targets.long(), reduction="none")
+
+
+def combined_loss(ce: torch.Tensor, kd: torch.Tensor, lam: float, temperature: float) -> torch.Tensor:
+    """lambda * CE + (1 - lambda) * T^2 * KD (Hinton's T^2 keeps gradient scale across T)."""
+    return lam * ce + (1.0 - lam) * temperature ** 2 * kd

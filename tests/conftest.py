@@ -1,0 +1,70 @@
+"""Shared fixtures. One vLLM engine serves the whole session (started on first use)."""
+import json
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TEACHER = str(ROOT / "demo" / "teacher")
+DATA = ROOT / "demo" / "data"
+TOP_K = 8
+N_EXAMPLES = 48
+
+
+@pytest.fixture(scope="session")
+def teacher_dir() -> str:
+    return TEACHER
+
+
+@pytest.fixture(scope="session")
+def teacher_config():
+    from pipeline.teacher import TeacherConfig, model_config
+    n_layers = int(model_config(TEACHER)["num_hidden_layers"])
+    return TeacherConfig(model_dir=TEACHER, top_k=TOP_K, hidden_layers=(n_layers,),
+                         enforce_eager=True, kv_cache_gb=0.5)
+
+
+@pytest.fixture(scope="session")
+def teacher(teacher_config):
+    from pipeline.teacher import get_teacher, shutdown_all
+    yield get_teacher(teacher_config)
+    shutdown_all()  # an engine left to die at exit can abort the interpreter
+
+
+BAD_RAW_LINES = [
+    b"this is not json\n",
+    b"[1, 2, 3]\n",
+    b'{"id": "bad-missing", "prompt": "Copy the word: abc ="}\n',
+    b'{"id": "bad-type", "prompt": 5, "response": " x"}\n',
+    b'{"id": "bad-empty", "prompt": "Copy the word: abc =", "response": ""}\n',
+    b'{"id": "bad-extra", "prompt": "p", "response": " r", "x": 1}\n',
+    b'{"id": "bad-utf8", "prompt": "\xff\xfe", "response": " r"}\n',
+    b'{"id": "bad-long", "prompt": "' + b"a" * 400 + b'", "response": " r"}\n',
+]
+
+
+@pytest.fixture(scope="session")
+def demo_inputs(tmp_path_factory) -> dict:
+    """A slice of the demo data plus bad records of every kind and their expected count."""
+    d = tmp_path_factory.mktemp("inputs")
+    raw = (DATA / "train_raw.jsonl").read_bytes().splitlines(keepends=True)[:N_EXAMPLES]
+    simp = (DATA / "train_simplified.jsonl").read_bytes().splitlines(keepends=True)[:N_EXAMPLES]
+    first_id = json.loads(raw[0])["id"]
+    dup = json.dumps({"id": first_id, "prompt": "Copy the word: dup =", "response": " dup"})
+    (d / "raw.jsonl").write_bytes(b"".join(raw + BAD_RAW_LINES) + dup.encode() + b"\n\n")
+    orphan = json.dumps({"id": "no-such-raw", "prompt": "cp x ="}).encode() + b"\n"
+    (d / "simplified.jsonl").write_bytes(b"".join(simp) + orphan)
+    return {"raw": str(d / "raw.jsonl"), "simplified": str(d / "simplified.jsonl"),
+            "good": N_EXAMPLES, "rows_in": N_EXAMPLES * 2 + len(BAD_RAW_LINES) + 2,
+            "rejected": len(BAD_RAW_LINES) + 2}
+
+
+@pytest.fixture(scope="session")
+def label_set(teacher, teacher_config, demo_inputs, tmp_path_factory) -> dict:
+    """The demo slice labelled by the Beam job (FnApiRunner, in this process: shares the engine)."""
+    from pipeline import job
+    out = str(tmp_path_factory.mktemp("labels") / "set")
+    summary = job.run(job.LabelJob(teacher_config, demo_inputs["raw"], out,
+                                   demo_inputs["simplified"], shard_rows=20), [])
+    return {"out": out, "summary": summary}

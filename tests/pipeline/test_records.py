@@ -1,0 +1,57 @@
+"""Bad input becomes a reject with a reason; good input becomes a Record/Example."""
+import json
+
+import pytest
+
+from pipeline import records
+
+
+def parse(obj_or_bytes, view="raw"):
+    data = obj_or_bytes if isinstance(obj_or_bytes, bytes) else json.dumps(obj_or_bytes).encode()
+    return records.parse_line(view, "f.jsonl", 3, data)
+
+
+def test_good_raw_and_simplified():
+    r = parse({"id": "a", "prompt": "p", "response": "r"})
+    assert isinstance(r, records.Record) and (r.id, r.prompt, r.response) == ("a", "p", "r")
+    s = parse({"id": "a", "prompt": "q"}, view="simplified")
+    assert isinstance(s, records.Record) and s.response is None
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"{not json", "malformed_json"),
+    (b"[1, 2]", "not_an_object"),
+    (b'"text"', "not_an_object"),
+    (b"\xff\xfe{}", "invalid_utf8"),
+    ({"id": "a", "prompt": "p"}, "missing_field"),
+    ({"id": "a", "prompt": "p", "response": "r", "x": 1}, "extra_field"),
+    ({"id": 3, "prompt": "p", "response": "r"}, "wrong_type"),
+    ({"id": "a", "prompt": ["p"], "response": "r"}, "wrong_type"),
+    ({"id": "a", "prompt": "  ", "response": "r"}, "empty_field"),
+    ({"id": "a", "prompt": "p", "response": ""}, "empty_field"),
+])
+def test_bad_records_are_rejected_with_reason(data, reason):
+    r = parse(data)
+    assert isinstance(r, dict)
+    assert r["reason"] == reason and r["source"] == "f.jsonl" and r["line"] == 3
+    assert r["detail"]
+
+
+def test_pair_duplicates_and_orphans():
+    raw1 = records.Record("raw", "r.jsonl", 1, "a", "p", "x")
+    raw2 = records.Record("raw", "r.jsonl", 9, "a", "p2", "y")
+    simp = records.Record("simplified", "s.jsonl", 4, "a", "q")
+    out = records.pair("a", [raw2, raw1], [simp])
+    exs = [o for o in out if isinstance(o, records.Example)]
+    rej = [o for o in out if isinstance(o, dict)]
+    assert len(exs) == 1 and exs[0].prompt == "p" and exs[0].simplified_prompt == "q"
+    assert [(r["reason"], r["line"]) for r in rej] == [("duplicate_id", 9)]
+    orphan = records.pair("b", [], [records.Record("simplified", "s.jsonl", 2, "b", "q")])
+    assert [o["reason"] for o in orphan] == ["no_raw_partner"]
+
+
+def test_read_lines_skips_blank_lines_and_counts_from_one(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'{"a":1}\n\n{"b":2}\n')
+    got = list(records.read_lines(str(p), "raw"))
+    assert [(g[2], g[3].strip()) for g in got] == [(1, b'{"a":1}'), (3, b'{"b":2}')]

@@ -1,0 +1,54 @@
+"""kill -9 during training, then --resume: same weights as an uninterrupted run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STUDENT = os.path.join(ROOT, "demo", "student.json")
+STEPS = 40
+
+
+def kd_train(labels, out, *extra):
+    kd = os.path.join(os.path.dirname(sys.executable), "kd")
+    return [kd, "train", "--labels", labels, "--student", STUDENT, "--out", out,
+            "--steps", str(STEPS), "--batch-size", "4", "--save-every", "3", "--seed", "1",
+            *extra]
+
+
+def weights(out):
+    return load_file(os.path.join(out, "model.safetensors"))
+
+
+def test_kill_and_resume_matches_uninterrupted_run(label_set, tmp_path):
+    labels = label_set["out"]
+    ref_out, out = str(tmp_path / "ref"), str(tmp_path / "killed")
+    subprocess.run(kd_train(labels, ref_out), check=True, capture_output=True, timeout=600)
+
+    proc = subprocess.Popen(kd_train(labels, out), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait for a checkpoint, then kill mid-run
+        if any(n.startswith("checkpoint-") for n in os.listdir(out) if os.path.isdir(out)) \
+                if os.path.isdir(out) else False:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(out, "model.safetensors")), "run finished before kill"
+
+    done = subprocess.run(kd_train(labels, out, "--resume"), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from step" in done.stdout
+    a, b = weights(ref_out), weights(out)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    steps = [line for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert len(steps) == STEPS
