@@ -54,9 +54,10 @@ def step_loss(model, batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
             kd_sum = kd_sum + losses.sparse_kd_loss(
                 logits[sl], batch.topk_ids[sl], batch.topk_logprobs[sl], cfg.temperature,
                 cfg.divergence, cfg.tail).sum()
-    ce, kd = ce_sum / n, kd_sum / n
+    ce, kd = ce_sum / n, kd_sum / n  # kd stays 0.0 (a float) when lambda = 1
     loss = losses.combined_loss(ce, kd, cfg.lam, cfg.temperature)
-    return loss, {"loss": float(loss), "ce": float(ce), "kd": float(kd), "tokens": n}
+    kd_value = kd.item() if torch.is_tensor(kd) else kd
+    return loss, {"loss": loss.item(), "ce": ce.item(), "kd": kd_value, "tokens": n}
 
 
 def truncate_metrics(path: str, step: int) -> None:

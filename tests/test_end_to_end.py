@@ -104,7 +104,7 @@ def test_cli_label_subprocess(tmp_path, demo_inputs):
     """The README's `kd label` command end to end in a fresh process (its own engine)."""
     out, summary = tmp_path / "labels", tmp_path / "summary.json"
     raw = tmp_path / "raw.jsonl"
-    raw.write_text("".join(open(demo_inputs["raw"]).readlines()[:10]) + "oops\n")
+    raw.write_bytes(b"".join(open(demo_inputs["raw"], "rb").readlines()[:10]) + b"oops\n")
     kd = os.path.join(os.path.dirname(sys.executable), "kd")
     proc = subprocess.run([kd, "label", "--teacher", os.path.join(ROOT, "demo", "teacher"),
                            "--input", str(raw), "--out", str(out), "--top-k", "5",
