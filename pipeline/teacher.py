@@ -15,6 +15,7 @@ import threading
 import numpy as np
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the job prints its own progress
 
 
 @dataclasses.dataclass(frozen=True)

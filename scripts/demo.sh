@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KD=.venv/bin/kd
 OUT=${DEMO_OUT:-runs/demo}
-STEPS=${DEMO_STEPS:-400}
+STEPS=${DEMO_STEPS:-1000}
 TOPK=${DEMO_TOPK:-8}
 mkdir -p "$OUT"
 for split in train heldout; do
@@ -21,5 +21,5 @@ $KD train "${common[@]}" --out "$OUT/student_kd" --lambda 0.2 --temperature 1.0
 $KD train "${common[@]}" --out "$OUT/student_ce" --lambda 1.0
 echo
 echo "held-out comparison (demo/data/heldout_*), teacher = demo/teacher:"
-$KD eval --labels "$OUT/labels/heldout" --student "kd=$OUT/student_kd" \
-  --student "ce_only=$OUT/student_ce" --json "$OUT/eval.json"
+$KD eval --labels "$OUT/labels/heldout" --student "teacher=demo/teacher" \
+  --student "kd=$OUT/student_kd" --student "ce_only=$OUT/student_ce" --json "$OUT/eval.json"

@@ -3,6 +3,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -86,7 +87,8 @@ def train(cfg: TrainConfig) -> dict:
     metrics_path = cfg.metrics_file or os.path.join(cfg.out, "metrics.jsonl")
     truncate_metrics(metrics_path, step)
     stream = batches(ls, cfg.batch_size, cfg.seed, position, pad_id=tok.pad_token_id or 0)
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 15)
     t0, last = time.time(), {}
     with open(metrics_path, "a") as mf:
         while step < cfg.steps:
