@@ -43,27 +43,71 @@ def student_logprobs(logits: torch.Tensor, topk_ids: torch.Tensor, temperature: 
     return torch.cat([lq, tail_lq[:, None]], dim=-1)
 
 
-def forward_kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per row; mean-seeking (the classic Hinton objective)."""
-    return (lp.exp() * (lp - lq)).sum(-1)
+def _kl(la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
+    return (la.exp() * (la - lb)).sum(-1)
 
 
-def reverse_kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
-    """KL(q || p) per row; mode-seeking (MiniLLM)."""
-    return (lq.exp() * (lq - lp)).sum(-1)
+def _log_mix(la: torch.Tensor, lb: torch.Tensor, w: float) -> torch.Tensor:
+    """log(w * a + (1 - w) * b), stable."""
+    if w <= 0.0:
+        return lb
+    if w >= 1.0:
+        return la
+    return torch.logaddexp(la + math.log(w), lb + math.log1p(-w))
 
 
-DIVERGENCES = {"forward_kl": forward_kl, "reverse_kl": reverse_kl}
+def forward_kl(lp, lq, **_):
+    """KL(p || q); mean-seeking (the classic Hinton objective)."""
+    return _kl(lp, lq)
+
+
+def reverse_kl(lp, lq, **_):
+    """KL(q || p); mode-seeking (MiniLLM)."""
+    return _kl(lq, lp)
+
+
+def jsd(lp, lq, beta: float = 0.5, **_):
+    """Generalised JSD (GKD): beta*KL(p||m) + (1-beta)*KL(q||m), m = beta*p + (1-beta)*q."""
+    lm = _log_mix(lp, lq, beta)
+    return beta * _kl(lp, lm) + (1 - beta) * _kl(lq, lm)
+
+
+def skew_kl(lp, lq, alpha: float = 0.1, **_):
+    """Skew KL (DistiLLM): KL(p || alpha*p + (1-alpha)*q)."""
+    return _kl(lp, _log_mix(lp, lq, alpha))
+
+
+def skew_reverse_kl(lp, lq, alpha: float = 0.1, **_):
+    """Skew reverse KL (DistiLLM): KL(q || alpha*q + (1-alpha)*p)."""
+    return _kl(lq, _log_mix(lq, lp, alpha))
+
+
+def tvd(lp, lq, **_):
+    """Total variation distance: 0.5 * sum |p - q|."""
+    return 0.5 * (lp.exp() - lq.exp()).abs().sum(-1)
+
+
+DIVERGENCES = {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "jsd": jsd,
+               "skew_kl": skew_kl, "skew_reverse_kl": skew_reverse_kl, "tvd": tvd}
 
 
 def sparse_kd_loss(logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
                    temperature: float = 1.0, divergence: str = "forward_kl",
-                   tail: bool = True) -> torch.Tensor:
+                   tail: bool = True, beta: float = 0.5, alpha: float = 0.1) -> torch.Tensor:
     """Per-position divergence between the sparse teacher and the student, at temperature T."""
     tail = tail and topk_ids.shape[-1] < logits.shape[-1]  # k = V: nothing outside the top k
     lp = teacher_logprobs(topk_logprobs, logits.shape[-1], temperature, tail)
     lq = student_logprobs(logits, topk_ids, temperature, tail)
-    return DIVERGENCES[divergence](lp, lq)
+    return DIVERGENCES[divergence](lp, lq, beta=beta, alpha=alpha)
+
+
+def hidden_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Per-row distance between projected student summaries and teacher summaries, (B, d)."""
+    if kind == "mse":
+        return ((student.float() - teacher.float()) ** 2).mean(-1)
+    if kind == "cosine":
+        return 1 - torch.nn.functional.cosine_similarity(student.float(), teacher.float(), dim=-1)
+    raise ValueError(f"unknown hidden loss {kind!r}: use 'mse' or 'cosine'")
 
 
 def ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

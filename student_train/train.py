@@ -103,7 +103,7 @@ def train(cfg: TrainConfig) -> dict:
             step += 1
             mf.write(json.dumps({"step": step, "lr": lr_at(cfg, step - 1), **last}) + "\n")
             bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.3f}", ce=f"{last['ce']:.3f}")
+            bar.set_postfix(loss=f"{last['loss']:.3f}", ce=f"{last['ce']:.3f}", refresh=False)
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
                 mf.flush()
                 checkpoint.save(cfg.out, model, opt, {"step": step, "position": [epoch, index + 1]})

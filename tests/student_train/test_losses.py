@@ -112,3 +112,55 @@ def test_ce_matches_negative_logprob():
     ref = -torch.log_softmax(s, -1)[torch.arange(N), y]
     assert torch.allclose(losses.ce_loss(s, y), ref, atol=1e-5)
     assert math.isfinite(losses.ce_loss(s, y).sum().item())
+
+
+def dense_ref(name, p, q, beta=0.5, alpha=0.1):
+    """Dense full-vocabulary definitions, written independently of the module."""
+    P, Q = p.exp(), q.exp()
+    kl = lambda a, b: (a * (a.log() - b.log())).sum(-1)  # noqa: E731
+    if name == "forward_kl":
+        return kl(P, Q)
+    if name == "reverse_kl":
+        return kl(Q, P)
+    if name == "jsd":
+        M = beta * P + (1 - beta) * Q
+        return beta * kl(P, M) + (1 - beta) * kl(Q, M)
+    if name == "skew_kl":
+        return kl(P, alpha * P + (1 - alpha) * Q)
+    if name == "skew_reverse_kl":
+        return kl(Q, alpha * Q + (1 - alpha) * P)
+    if name == "tvd":
+        return 0.5 * (P - Q).abs().sum(-1)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", sorted(losses.DIVERGENCES))
+@pytest.mark.parametrize("T", [1.0, 2.0])
+def test_every_divergence_matches_dense_reference(name, T):
+    t, s = dense(9)
+    ids, vals = topk(t, V)
+    got = losses.sparse_kd_loss(s, ids, vals, temperature=T, divergence=name, beta=0.3, alpha=0.2)
+    ref = dense_ref(name, torch.log_softmax(t / T, -1), torch.log_softmax(s / T, -1),
+                    beta=0.3, alpha=0.2)
+    assert torch.allclose(got, ref, atol=1e-4), (got, ref)
+    assert (got >= -1e-6).all()
+
+
+def test_jsd_limits_and_symmetry():
+    t, s = dense(10)
+    ids, vals = topk(t, V)
+    a = losses.sparse_kd_loss(s, ids, vals, divergence="jsd", beta=0.5)
+    ids2, vals2 = topk(s, V)
+    b = losses.sparse_kd_loss(t, ids2, vals2, divergence="jsd", beta=0.5)
+    assert torch.allclose(a, b, atol=1e-4)  # beta = 0.5 is symmetric
+    assert (a <= math.log(2) + 1e-5).all()
+
+
+def test_hidden_losses():
+    a = torch.randn(4, 6)
+    assert torch.allclose(losses.hidden_loss(a, a), torch.zeros(4))
+    assert torch.allclose(losses.hidden_loss(a, 3 * a, "cosine"), torch.zeros(4), atol=1e-6)
+    assert torch.allclose(losses.hidden_loss(a, -a, "cosine"), 2 * torch.ones(4), atol=1e-6)
+    assert torch.allclose(losses.hidden_loss(a, a + 1), torch.ones(4))
+    with pytest.raises(ValueError):
+        losses.hidden_loss(a, a, "l1")
