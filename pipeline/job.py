@@ -149,6 +149,8 @@ def run(job: LabelJob, beam_args: list[str]) -> dict:
     mcfg = model_config(cfg.model_dir)
     label_config = {"mode": "score", "top_k": cfg.top_k, "hidden_layers": list(cfg.hidden_layers),
                     "hidden_pooling": "mean_response", "dtype": cfg.dtype or checkpoint_dtype(mcfg),
+                    "teacher_num_layers": int(mcfg["num_hidden_layers"]),
+                    "hidden_size": int(mcfg["hidden_size"]),
                     "add_bos": True, "add_eos": True, "views": ["raw"] + (["simplified"]
                                                                         if job.simplified else [])}
     t_fp, tok_fp = teacher_fingerprint(cfg.model_dir), tokenizer_fingerprint(cfg.model_dir)

@@ -9,22 +9,22 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from student_train import losses
-from student_train.model import response_logits
+from student_train.model import Distiller
 from student_train.stream import LabelSet, collate
 
 
 @torch.no_grad()
 def evaluate(student_dir: str, labels: str, view: str, batch_size: int = 64) -> dict:
     ls = LabelSet(labels, views=(view,))
-    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).eval()
+    model = Distiller(AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32),
+                      [], None).eval()
     ce = kl = agree = n = 0.0
     rows = 0
     for s in range(ls.num_shards):
         arrays, sel = ls.shard(s)
         for b in range(0, len(sel), batch_size):
             batch = collate([(arrays, sel[b:b + batch_size])])
-            logits = response_logits(model, batch.input_ids, batch.attention_mask,
-                                     batch.pos_b, batch.pos_t)
+            logits, _ = model(batch)
             ce += losses.ce_loss(logits, batch.targets).sum().item()
             kl += losses.sparse_kd_loss(logits, batch.topk_ids, batch.topk_logprobs).sum().item()
             agree += (logits.argmax(-1) == batch.topk_ids[:, 0]).sum().item()

@@ -36,14 +36,58 @@ def load_student(spec: str, label_tokenizer_dir: str, seed: int = 0):
     return model, tok
 
 
-def response_logits(model, input_ids, attention_mask, pos_b, pos_t) -> torch.Tensor:
-    """Logits only at the labelled positions: run the backbone, gather, then the LM head.
+def uniform_layer_map(student_layers: int, teacher_layers: int, available: list[int]) -> dict:
+    """TinyBERT-style map: student layer i -> teacher layer i * (L_t / L_s), kept where stored."""
+    out = {}
+    for i in range(1, student_layers + 1):
+        t = round(i * teacher_layers / student_layers)
+        if t in available:
+            out[i] = t
+    return out
 
-    Avoids a (B, L, V) tensor: only (N, V) for the N labelled positions is built.
+
+class Distiller(torch.nn.Module):
+    """The student plus learned projections from student layers to the teacher's summaries.
+
+    ``forward(batch)`` returns the student's logits at the labelled positions only (the backbone
+    runs on the whole batch, the LM head on the N labelled positions: (N, V), never (B, L, V)),
+    and, per mapped teacher layer, the projected student summary (mean over the response span).
     """
-    base = getattr(model, model.base_model_prefix)
-    hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return model.get_output_embeddings()(hidden[pos_b, pos_t])
+
+    def __init__(self, student, teacher_hidden_layers: list[int], teacher_dim: int | None,
+                 layer_map: dict | None = None, teacher_layers: int | None = None):
+        super().__init__()
+        self.student = student
+        n_student = student.config.num_hidden_layers
+        if teacher_hidden_layers:
+            layer_map = ({int(k): int(v) for k, v in layer_map.items()} if layer_map else
+                         uniform_layer_map(n_student, teacher_layers or max(teacher_hidden_layers),
+                                           teacher_hidden_layers))
+            missing = sorted(set(layer_map.values()) - set(teacher_hidden_layers))
+            if missing or not layer_map:
+                raise ValueError(f"layer map {layer_map} needs teacher layers the label set does "
+                                 f"not store (stored: {teacher_hidden_layers})")
+        self.layer_map = layer_map if teacher_hidden_layers else {}
+        d_s = student.config.hidden_size
+        self.proj = torch.nn.ModuleDict({str(t): torch.nn.Linear(d_s, teacher_dim, bias=False)
+                                         for t in self.layer_map.values()})
+
+    def forward(self, batch):
+        base = getattr(self.student, self.student.base_model_prefix)
+        out = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   output_hidden_states=bool(self.layer_map))
+        logits = self.student.get_output_embeddings()(
+            out.last_hidden_state[batch.pos_b, batch.pos_t])
+        summaries = {}
+        if self.layer_map:
+            # response span: positions pos_t + 1 (the labelled tokens themselves)
+            count = torch.bincount(batch.pos_b, minlength=batch.input_ids.shape[0]).clamp(min=1)
+            for s_layer, t_layer in self.layer_map.items():
+                h = out.hidden_states[s_layer][batch.pos_b, batch.pos_t + 1]
+                pooled = torch.zeros(batch.input_ids.shape[0], h.shape[-1], dtype=h.dtype,
+                                     device=h.device).index_add_(0, batch.pos_b, h)
+                summaries[t_layer] = self.proj[str(t_layer)](pooled / count[:, None].to(h.dtype))
+        return logits, summaries
 
 
 def save_tokenizer_files(src_dir: str, dst_dir: str) -> None:

@@ -1,4 +1,8 @@
-"""The training loop: stream batches, lambda*CE + (1-lambda)*T^2*KD, AdamW, checkpoints."""
+"""The training loop: stream batches, lambda*CE + (1-lambda)*T^2*KD [+ hidden], AdamW, checkpoints.
+
+Runs as one process or under torchrun (DDP; gloo on CPU, nccl on GPU): every rank walks the same
+global batches and takes its own slice of each, so per-rank step counts are always equal.
+"""
 import dataclasses
 import json
 import math
@@ -7,10 +11,11 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from student_train import checkpoint, losses
-from student_train.model import load_student, response_logits, save_tokenizer_files
+from student_train.model import Distiller, load_student, save_tokenizer_files
 from student_train.stream import LabelSet, batches
 
 
@@ -20,18 +25,25 @@ class TrainConfig:
     student: str
     out: str
     steps: int
-    batch_size: int = 16
+    batch_size: int = 16          # rows per rank per micro-batch
+    grad_accum: int = 1           # micro-batches per optimiser step
     lr: float = 3e-3
     weight_decay: float = 0.01
     warmup_steps: int = 20
     lam: float = 0.5              # weight of CE; 1.0 = CE only
     temperature: float = 1.0
     divergence: str = "forward_kl"
+    beta: float = 0.5             # generalised JSD
+    alpha: float = 0.1            # skew KL / skew reverse KL
     tail: bool = True             # tail bucket (True) or renormalise over the top k (False)
+    hidden_weight: float = 0.0    # weight of the hidden-state (multi-level) loss; 0 = off
+    hidden_loss: str = "mse"      # mse | cosine
+    layer_map: dict | None = None  # student layer -> teacher layer; None = uniform
     views: tuple[str, ...] = ("raw", "simplified")
     seed: int = 0
     save_every: int = 0
     resume: bool = False
+    bf16: bool = False            # autocast the student forward to bfloat16
     chunk_positions: int = 4096   # positions per logits chunk (bounds full-vocab memory)
     metrics_file: str | None = None
 
@@ -44,8 +56,9 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def step_loss(model, batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
-    logits = response_logits(model, batch.input_ids, batch.attention_mask, batch.pos_b, batch.pos_t)
+def step_loss(model: Distiller, batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+    with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        logits, summaries = model(batch)
     n = logits.shape[0]
     ce_sum = kd_sum = 0.0
     for s in range(0, n, cfg.chunk_positions):
@@ -54,11 +67,17 @@ def step_loss(model, batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
         if cfg.lam < 1.0:
             kd_sum = kd_sum + losses.sparse_kd_loss(
                 logits[sl], batch.topk_ids[sl], batch.topk_logprobs[sl], cfg.temperature,
-                cfg.divergence, cfg.tail).sum()
+                cfg.divergence, cfg.tail, beta=cfg.beta, alpha=cfg.alpha).sum()
     ce, kd = ce_sum / n, kd_sum / n  # kd stays 0.0 (a float) when lambda = 1
     loss = losses.combined_loss(ce, kd, cfg.lam, cfg.temperature)
-    kd_value = kd.item() if torch.is_tensor(kd) else kd
-    return loss, {"loss": loss.item(), "ce": ce.item(), "kd": kd_value, "tokens": n}
+    hid = 0.0
+    for t_layer, proj in summaries.items():
+        hid = hid + losses.hidden_loss(proj, batch.hidden[t_layer], cfg.hidden_loss).mean()
+    if summaries:
+        loss = loss + cfg.hidden_weight * hid
+    as_float = lambda x: x.item() if torch.is_tensor(x) else x  # noqa: E731
+    return loss, {"loss": loss.item(), "ce": ce.item(), "kd": as_float(kd),
+                  "hidden": as_float(hid), "tokens": n}
 
 
 def truncate_metrics(path: str, step: int) -> None:
@@ -71,10 +90,26 @@ def truncate_metrics(path: str, step: int) -> None:
         f.writelines(keep)
 
 
+def setup_distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
 def train(cfg: TrainConfig) -> dict:
+    rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed)
     ls = LabelSet(cfg.labels, views=cfg.views)
-    model, tok = load_student(cfg.student, ls.tokenizer_dir(), cfg.seed)
+    student, tok = load_student(cfg.student, ls.tokenizer_dir(), cfg.seed)
+    model = Distiller(student, ls.hidden_layers if cfg.hidden_weight > 0 else [],
+                      ls.hidden_dim, cfg.layer_map, ls.teacher_layers).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     os.makedirs(cfg.out, exist_ok=True)
@@ -83,33 +118,54 @@ def train(cfg: TrainConfig) -> dict:
         state = checkpoint.load_latest(cfg.out, model, opt)
         if state is not None:
             step, position = state["step"], tuple(state["position"])
-            print(f"resumed from step {step} (stream epoch {position[0]}, batch {position[1]})")
+            if rank == 0:
+                print(f"resumed from step {step} (stream epoch {position[0]}, "
+                      f"batch {position[1]})")
+    ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=None if device.type ==
+                                                     "cpu" else [device]) if world > 1 else model)
     metrics_path = cfg.metrics_file or os.path.join(cfg.out, "metrics.jsonl")
-    truncate_metrics(metrics_path, step)
-    stream = batches(ls, cfg.batch_size, cfg.seed, position, pad_id=tok.pad_token_id or 0)
+    if rank == 0:
+        truncate_metrics(metrics_path, step)
+    stream = batches(ls, cfg.batch_size, cfg.seed, position, pad_id=tok.pad_token_id or 0,
+                     rank=rank, world=world)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 15)
+               mininterval=0.5 if sys.stderr.isatty() else 15, disable=rank != 0)
     t0, last = time.time(), {}
-    with open(metrics_path, "a") as mf:
-        while step < cfg.steps:
+    mf = open(metrics_path, "a") if rank == 0 else None
+    while step < cfg.steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        opt.zero_grad(set_to_none=True)
+        parts = []
+        for _ in range(cfg.grad_accum):
             (epoch, index), batch = next(stream)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step)
-            loss, last = step_loss(model, batch, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
+            loss, m = step_loss(ddp, batch.to(device), cfg)
+            (loss / cfg.grad_accum).backward()
+            parts.append(m)
+        last = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{last['loss']:.3f}", ce=f"{last['ce']:.3f}", refresh=False)
+        if mf:
             mf.write(json.dumps({"step": step, "lr": lr_at(cfg, step - 1), **last}) + "\n")
-            bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.3f}", ce=f"{last['ce']:.3f}", refresh=False)
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+            if rank == 0:
                 mf.flush()
                 checkpoint.save(cfg.out, model, opt, {"step": step, "position": [epoch, index + 1]})
+            if world > 1:
+                dist.barrier()
     bar.close()
-    model.save_pretrained(cfg.out, safe_serialization=True)
-    save_tokenizer_files(ls.tokenizer_dir(), cfg.out)
-    with open(os.path.join(cfg.out, "train_config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1)
-    return {"steps": step, "seconds": time.time() - t0, **last}
+    if rank == 0:
+        mf.close()
+        student.save_pretrained(cfg.out, safe_serialization=True)
+        save_tokenizer_files(ls.tokenizer_dir(), cfg.out)
+        with open(os.path.join(cfg.out, "train_config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=1)
+        from student_train.plots import plot_metrics
+        plot_metrics(metrics_path, os.path.join(cfg.out, "loss.png"))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"steps": step, "seconds": time.time() - t0, "rank": rank, "world": world, **last}
