@@ -21,7 +21,7 @@ from pipeline.teacher import TeacherConfig, context_length, checkpoint_dtype, mo
 from pipeline.tokenize import Tokenized, load_tokenizer, tokenize_example
 from schemas import (SCHEMA_VERSION, Manifest, cache_key, load_manifest, teacher_fingerprint,
                      tokenizer_fingerprint, write_manifest)
-from schemas.manifest import strip_credentials
+from schemas.manifest import clear_stale_commits, strip_credentials, write_commit
 
 REJECTED = "rejected"
 log = logging.getLogger("kd.label")
@@ -69,8 +69,8 @@ def chunk_key(item: Tokenized, n_rows: int, shard_rows: int) -> tuple[int, Token
 class LabelChunkFn(beam.DoFn):
     """Label one chunk with the process-wide teacher and commit it as one shard."""
 
-    def __init__(self, cfg: TeacherConfig, out: str, metadata: dict):
-        self.cfg, self.out, self.metadata = cfg, out, metadata
+    def __init__(self, cfg: TeacherConfig, out: str, metadata: dict, label_config: dict):
+        self.cfg, self.out, self.metadata, self.label_config = cfg, out, metadata, label_config
 
     def setup(self):
         from pipeline.teacher import get_teacher
@@ -82,6 +82,7 @@ class LabelChunkFn(beam.DoFn):
         labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items])
         info = shards.write_shard(self.out, list(zip(items, labels)), self.cfg.top_k,
                                   self.cfg.hidden_layers, self.metadata)
+        write_commit(self.out, info, self.metadata["cache_key"], self.label_config)
         log.info("committed %s (%d rows, %d tokens)", info.path, info.rows, info.tokens)
         yield dataclasses.asdict(info)
 
@@ -132,7 +133,8 @@ def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict) -> None
     infos = (toks.ok
              | "Chunk" >> beam.Map(chunk_key, beam.pvalue.AsSingleton(n_examples), job.shard_rows)
              | "GroupChunks" >> beam.GroupByKey()
-             | "LabelAndWrite" >> beam.ParDo(LabelChunkFn(cfg, job.out, metadata)))
+             | "LabelAndWrite" >> beam.ParDo(LabelChunkFn(cfg, job.out, metadata,
+                                                          header["label_config"])))
     rejects = ([out[REJECTED] for out in parsed.values()] + [paired[REJECTED], toks[REJECTED]]
                | "AllRejects" >> beam.Flatten())
     rejects_info = (rejects | "CollectRejects" >> beam.combiners.ToList()
@@ -162,6 +164,7 @@ def run(job: LabelJob, beam_args: list[str]) -> dict:
     metadata = {"teacher_fingerprint": t_fp, "tokenizer_fingerprint": tok_fp, "k": cfg.top_k,
                 "label_mode": "score", "dtype": label_config["dtype"], "cache_key": key}
     copy_tokenizer(cfg.model_dir, job.out)
+    clear_stale_commits(job.out, key)
     if not any(a.startswith("--runner") for a in beam_args):
         beam_args = ["--runner=FnApiRunner", *beam_args]
     with beam.Pipeline(options=PipelineOptions(beam_args)) as p:

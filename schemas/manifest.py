@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import fsspec
 
 MANIFEST_NAME = "manifest.json"
+COMMITS_DIR = "commits"
 FORMAT = "kd-labels"
 
 
@@ -79,3 +80,39 @@ def load_manifest(label_dir: str, storage_options: dict | None = None) -> Manife
                                 "labelling job has not committed yet")
     with fs.open(path, "r") as f:
         return Manifest.from_json(f.read())
+
+
+def write_commit(label_dir: str, info: ShardInfo, cache_key: str, label_config: dict) -> None:
+    """Record one durable shard before the manifest exists (what follow-mode readers poll).
+
+    One small JSON object per shard, written whole (temp + rename; one PUT on object stores), so
+    a reader sees a record only once its shard is in place.
+    """
+    fs, root = fsspec.core.url_to_fs(label_dir)
+    name = info.path.rsplit("/", 1)[-1]
+    final = f"{root}/{COMMITS_DIR}/{name}.json"
+    tmp = f"{root}/{COMMITS_DIR}/.{name}.{uuid.uuid4().hex}.tmp"
+    fs.makedirs(f"{root}/{COMMITS_DIR}", exist_ok=True)
+    fs.pipe(tmp, json.dumps({"cache_key": cache_key, "label_config": label_config,
+                             "shard": dataclasses.asdict(info)}).encode())
+    fs.mv(tmp, final)
+
+
+def read_commits(label_dir: str) -> list[dict]:
+    """Every commit record of a label set (sorted by shard path); [] if none yet."""
+    fs, root = fsspec.core.url_to_fs(label_dir)
+    try:
+        paths = sorted(p for p in fs.ls(f"{root}/{COMMITS_DIR}", detail=False)
+                       if p.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    return [json.loads(fs.cat_file(p)) for p in paths]
+
+
+def clear_stale_commits(label_dir: str, cache_key: str) -> int:
+    """Remove commit records of another label config (a previous run into the same directory)."""
+    fs, root = fsspec.core.url_to_fs(label_dir)
+    stale = [r for r in read_commits(label_dir) if r["cache_key"] != cache_key]
+    for r in stale:
+        fs.rm(f"{root}/{COMMITS_DIR}/{r['shard']['path'].rsplit('/', 1)[-1]}.json")
+    return len(stale)

@@ -41,6 +41,9 @@ def add_parsers(sub) -> None:
     tr.add_argument("--resume", action="store_const", const=True,
                     help="continue from the newest complete checkpoint in --out")
     tr.add_argument("--bf16", action="store_const", const=True, help="bfloat16 autocast")
+    tr.add_argument("--follow", action="store_const", const=True,
+                    help="train while the label set is still being written: use shards as they "
+                         "are committed, finish the first epoch when the manifest is final")
     tr.set_defaults(func=train_main)
 
     ev = sub.add_parser("eval", help="held-out CE/perplexity, teacher agreement and KL")

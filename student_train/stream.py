@@ -2,11 +2,13 @@
 
 Order: per epoch, the shards are permuted and each shard's rows are permuted (seeded by
 (seed, epoch, shard)); the sequence is cut into batches. A batch is therefore a pure function of
-(seed, epoch, batch index), which makes resume exact: the stream state is (epoch, batch index).
-Shards are verified against the manifest's sha256 before use and decoded column-wise with numpy.
+(seed, shard order, epoch, batch index), which makes resume exact: the stream state is the shard
+order plus (epoch, batch index). Shards are verified against their recorded sha256 before use
+and decoded column-wise with numpy.
 """
 import dataclasses
 import os
+import time
 
 import fsspec
 import numpy as np
@@ -15,7 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from schemas import hidden_column, load_manifest, verify_shard
+from schemas import ShardInfo, hidden_column, load_manifest, verify_shard
+from schemas.manifest import read_commits
 
 
 @dataclasses.dataclass
@@ -47,33 +50,71 @@ def decode_table(table: pa.Table, k: int, hidden_layers: list[int]) -> ShardArra
 
 
 class LabelSet:
-    """A committed label set: its manifest, file system and shards (decoded on demand)."""
+    """A label set: its shards (decoded on demand), from the manifest or, while the labelling job
+    is still running (``follow=True``), from the job's per-shard commit records."""
 
     def __init__(self, path: str, views: tuple[str, ...] = ("raw", "simplified"),
-                 verify: bool = True):
+                 verify: bool = True, follow: bool = False, poll: float = 2.0,
+                 timeout: float = 3600.0):
         self.path = path.rstrip("/")
-        self.manifest = load_manifest(self.path)
         self.fs, self.root = fsspec.core.url_to_fs(self.path)
-        self.k = int(self.manifest.label_config["top_k"])
-        lc = self.manifest.label_config
-        self.hidden_layers = list(lc.get("hidden_layers") or [])
-        self.hidden_dim = lc.get("hidden_size")
-        self.teacher_layers = lc.get("teacher_num_layers")
-        self.views, self.verify = views, verify
+        self.views, self.verify, self.poll = views, verify, poll
+        self.shards: list[ShardInfo] = []
+        self.final = False
+        self.label_config: dict | None = None
         self._cache: dict[int, tuple[ShardArrays, np.ndarray]] = {}
         self._verified: set[int] = set()
         self._local_tok: str | None = None
+        deadline = time.time() + timeout
+        self.refresh(follow)
+        while self.label_config is None:  # follow: wait for the first committed shard
+            if time.time() > deadline:
+                raise TimeoutError(f"no shard committed in {path} after {timeout:.0f} s")
+            time.sleep(poll)
+            self.refresh(follow)
+        lc = self.label_config
+        self.k = int(lc["top_k"])
+        self.hidden_layers = list(lc.get("hidden_layers") or [])
+        self.hidden_dim = lc.get("hidden_size")
+        self.teacher_layers = lc.get("teacher_num_layers")
         if self.hidden_layers and self.hidden_dim is None and self.num_shards:
             self.hidden_dim = next(iter(self.shard(0)[0].hidden.values())).shape[1]
 
+    def refresh(self, follow: bool = True, sync=None) -> None:
+        """Pick up newly committed shards; known shards keep their index (stable order)."""
+        try:
+            m = load_manifest(self.path)
+            found, final, config = m.shards, m.complete, m.label_config
+        except FileNotFoundError:
+            if not follow:
+                raise
+            records = read_commits(self.path)
+            found = [ShardInfo(**r["shard"]) for r in records]
+            final, config = False, records[0]["label_config"] if records else None
+        if sync is not None:  # DDP: every rank adopts rank 0's view
+            found, final, config = sync((found, final, config))
+        known = {s.path for s in self.shards}
+        self.shards += [s for s in found if s.path not in known]
+        self.final, self.label_config = final, config
+
+    def adopt_order(self, paths: list[str]) -> None:
+        """Put the shards in a recorded order (resume): those paths first, the rest after."""
+        by_path = {s.path: s for s in self.shards}
+        missing = [p for p in paths if p not in by_path]
+        if missing:
+            raise ValueError(f"checkpoint refers to shards not in {self.path}: {missing[:3]}")
+        self.shards = [by_path[p] for p in paths] + [s for s in self.shards if s.path not in paths]
+        self._cache.clear()
+        self._verified.clear()
+
     @property
     def num_shards(self) -> int:
-        return len(self.manifest.shards)
+        return len(self.shards)
 
     def shard(self, i: int) -> tuple[ShardArrays, np.ndarray]:
         """Decoded shard i and the indices of its rows in the selected views."""
         if i not in self._cache:
-            info = self.manifest.shards[i]
+            info = self.shards[i]
             path = f"{self.root}/{info.path}"
             if self.verify and i not in self._verified:
                 verify_shard(self.fs, path, info.sha256)
@@ -141,38 +182,52 @@ def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Bat
                  {layer: torch.from_numpy(np.stack(h)) for layer, h in hid.items()})
 
 
-def epoch_order(ls: LabelSet, seed: int, epoch: int) -> list[tuple[int, np.ndarray]]:
-    """(shard, permuted selected rows) in this epoch's order."""
-    rng = np.random.default_rng([seed, epoch])
-    order = []
-    for s in rng.permutation(ls.num_shards):
-        _, rows = ls.shard(int(s))
-        order.append((int(s), np.random.default_rng([seed, epoch, int(s)]).permutation(rows)))
-    return order
+def growing_shards(ls: LabelSet, sync=None):
+    """Shard indices in commit order, waiting for more until the manifest is final."""
+    i = 0
+    while True:
+        if i < ls.num_shards:
+            yield i
+            i += 1
+        elif ls.final:
+            return
+        else:
+            time.sleep(ls.poll)
+            ls.refresh(follow=True, sync=sync)
 
 
 def batches(ls: LabelSet, batch_size: int, seed: int, start: tuple[int, int] = (0, 0),
-            pad_id: int = 0, rank: int = 0, world: int = 1):
+            pad_id: int = 0, rank: int = 0, world: int = 1, follow: bool = False, sync=None):
     """Yield ((epoch, index), Batch) forever from ``start``; full batches only, in order.
 
-    A global batch holds ``batch_size * world`` rows; rank r takes rows r, r + world, ...
-    so every rank sees the same number of batches and no row is seen twice or dropped
-    (beyond the incomplete last global batch of an epoch, which nobody sees).
+    Epoch e visits the shards in a permutation seeded by (seed, e) and each shard's rows in a
+    permutation seeded by (seed, e, shard). With ``follow``, epoch 0 instead takes the shards in
+    commit order as the labelling job commits them, and ends when the manifest is final.
+    A global batch holds ``batch_size * world`` rows; rank r takes rows r, r + world, ... so
+    every rank sees the same number of batches and no row is seen twice or dropped (beyond the
+    incomplete last global batch of an epoch, which nobody sees).
     """
     global_size = batch_size * world
     epoch, skip = start
     while True:
-        order = epoch_order(ls, seed, epoch)
-        n_rows = sum(len(rows) for _, rows in order)
-        if n_rows < global_size:
-            raise ValueError(f"label set has {n_rows} rows in views {ls.views}, fewer than one "
+        if follow and epoch == 0:
+            order = growing_shards(ls, sync)
+        else:
+            order = (int(s) for s in np.random.default_rng([seed, epoch]).permutation(ls.num_shards))
+        pending, live, index = [], {}, 0  # live: decoded shards that pending rows refer to
+        for s in order:
+            live[s], sel = ls.shard(s)
+            pending += [(s, r) for r in np.random.default_rng([seed, epoch, s]).permutation(sel)]
+            while len(pending) >= global_size:
+                chunk, pending = pending[:global_size][rank::world], pending[global_size:]
+                if index >= skip:
+                    parts = [(live[s2], np.array([r for s3, r in chunk if s3 == s2]))
+                             for s2 in dict.fromkeys(s3 for s3, _ in chunk)]
+                    yield (epoch, index), collate(parts, pad_id)
+                index += 1
+                needed = {s2 for s2, _ in pending} | {s}
+                live = {k: v for k, v in live.items() if k in needed}
+        if index == 0:
+            raise ValueError(f"label set {ls.path} has fewer rows in views {ls.views} than one "
                              f"global batch of {global_size}")
-        # flatten to (shard, row) pairs and cut into full batches
-        flat = [(s, r) for s, rows in order for r in rows]
-        for b in range(skip, len(flat) // global_size):
-            chunk = flat[b * global_size:(b + 1) * global_size][rank::world]
-            parts = []
-            for s in dict.fromkeys(s for s, _ in chunk):
-                parts.append((ls.shard(s)[0], np.array([r for s2, r in chunk if s2 == s])))
-            yield (epoch, b), collate(parts, pad_id)
         epoch, skip = epoch + 1, 0

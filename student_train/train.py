@@ -43,6 +43,8 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 0
     resume: bool = False
+    follow: bool = False          # train while `kd label` is still writing the label set
+    poll_seconds: float = 2.0     # follow: how often to look for newly committed shards
     bf16: bool = False            # autocast the student forward to bfloat16
     chunk_positions: int = 4096   # positions per logits chunk (bounds full-vocab memory)
     metrics_file: str | None = None
@@ -90,6 +92,13 @@ def truncate_metrics(path: str, step: int) -> None:
         f.writelines(keep)
 
 
+def broadcast_from_rank0(obj):
+    """Every rank gets rank 0's ``obj`` (DDP ranks must agree on which shards exist)."""
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def setup_distributed() -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -106,7 +115,10 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 def train(cfg: TrainConfig) -> dict:
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed)
-    ls = LabelSet(cfg.labels, views=cfg.views)
+    ls = LabelSet(cfg.labels, views=cfg.views, follow=cfg.follow, poll=cfg.poll_seconds)
+    sync = broadcast_from_rank0 if world > 1 else None
+    if sync:
+        ls.shards = sync(ls.shards)
     student, tok = load_student(cfg.student, ls.tokenizer_dir(), cfg.seed)
     model = Distiller(student, ls.hidden_layers if cfg.hidden_weight > 0 else [],
                       ls.hidden_dim, cfg.layer_map, ls.teacher_layers).to(device)
@@ -118,6 +130,7 @@ def train(cfg: TrainConfig) -> dict:
         state = checkpoint.load_latest(cfg.out, model, opt)
         if state is not None:
             step, position = state["step"], tuple(state["position"])
+            ls.adopt_order(state["shard_order"])
             if rank == 0:
                 print(f"resumed from step {step} (stream epoch {position[0]}, "
                       f"batch {position[1]})")
@@ -127,7 +140,7 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         truncate_metrics(metrics_path, step)
     stream = batches(ls, cfg.batch_size, cfg.seed, position, pad_id=tok.pad_token_id or 0,
-                     rank=rank, world=world)
+                     rank=rank, world=world, follow=cfg.follow, sync=sync)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 15, disable=rank != 0)
     t0, last = time.time(), {}
@@ -153,7 +166,9 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
             if rank == 0:
                 mf.flush()
-                checkpoint.save(cfg.out, model, opt, {"step": step, "position": [epoch, index + 1]})
+                checkpoint.save(cfg.out, model, opt, {
+                    "step": step, "position": [epoch, index + 1],
+                    "shard_order": [s.path for s in ls.shards]})
             if world > 1:
                 dist.barrier()
     bar.close()

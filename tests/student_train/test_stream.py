@@ -24,7 +24,7 @@ def first_epoch(ls, batch_size, rank=0, world=1, seed=3):
 
 def test_epoch_covers_every_row_once(label_set):
     ls = LabelSet(label_set["out"])
-    total = sum(s.rows for s in ls.manifest.shards)
+    total = sum(s.rows for s in ls.shards)
     seen = [r for b in first_epoch(ls, 5) for r in rows_of(b)]
     assert len(seen) == (total // 5) * 5
     all_rows = []
@@ -119,7 +119,7 @@ def test_s3_filesystem_and_corruption_detection(label_set, s3_server):
     try:
         remote = LabelSet("s3://kd-labels/labels")
         same_stream(LabelSet(label_set["out"]), remote)
-        first = remote.manifest.shards[0].path
+        first = remote.shards[0].path
         data = bytearray(fs.cat_file(f"kd-labels/labels/{first}"))
         data[len(data) // 2] ^= 0xFF
         fs.pipe(f"kd-labels/labels/{first}", bytes(data))
