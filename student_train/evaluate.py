@@ -24,7 +24,8 @@ def evaluate(student_dir: str, labels: str, view: str, batch_size: int = 64) -> 
         arrays, sel = ls.shard(s)
         for b in range(0, len(sel), batch_size):
             batch = collate([(arrays, sel[b:b + batch_size])])
-            logits, _ = model(batch)
+            h, _ = model(batch)
+            logits = model.head(h)
             ce += losses.ce_loss(logits, batch.targets).sum().item()
             kl += losses.sparse_kd_loss(logits, batch.topk_ids, batch.topk_logprobs).sum().item()
             agree += (logits.argmax(-1) == batch.topk_ids[:, 0]).sum().item()

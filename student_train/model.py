@@ -49,9 +49,10 @@ def uniform_layer_map(student_layers: int, teacher_layers: int, available: list[
 class Distiller(torch.nn.Module):
     """The student plus learned projections from student layers to the teacher's summaries.
 
-    ``forward(batch)`` returns the student's logits at the labelled positions only (the backbone
-    runs on the whole batch, the LM head on the N labelled positions: (N, V), never (B, L, V)),
-    and, per mapped teacher layer, the projected student summary (mean over the response span).
+    ``forward(batch)`` returns the student's final hidden states at the N labelled positions
+    (N, d) and, per mapped teacher layer, the projected student summary (mean over the response
+    span). ``head(h)`` applies the LM head; callers apply it chunk by chunk, so a full-vocabulary
+    tensor exists for one chunk of positions at a time, never for (B, L, V).
     """
 
     def __init__(self, student, teacher_hidden_layers: list[int], teacher_dim: int | None,
@@ -76,18 +77,20 @@ class Distiller(torch.nn.Module):
         base = getattr(self.student, self.student.base_model_prefix)
         out = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                    output_hidden_states=bool(self.layer_map))
-        logits = self.student.get_output_embeddings()(
-            out.last_hidden_state[batch.pos_b, batch.pos_t])
+        h = out.last_hidden_state[batch.pos_b, batch.pos_t]
         summaries = {}
         if self.layer_map:
             # response span: positions pos_t + 1 (the labelled tokens themselves)
             count = torch.bincount(batch.pos_b, minlength=batch.input_ids.shape[0]).clamp(min=1)
             for s_layer, t_layer in self.layer_map.items():
-                h = out.hidden_states[s_layer][batch.pos_b, batch.pos_t + 1]
-                pooled = torch.zeros(batch.input_ids.shape[0], h.shape[-1], dtype=h.dtype,
-                                     device=h.device).index_add_(0, batch.pos_b, h)
-                summaries[t_layer] = self.proj[str(t_layer)](pooled / count[:, None].to(h.dtype))
-        return logits, summaries
+                hs = out.hidden_states[s_layer][batch.pos_b, batch.pos_t + 1]
+                pooled = torch.zeros(batch.input_ids.shape[0], hs.shape[-1], dtype=hs.dtype,
+                                     device=hs.device).index_add_(0, batch.pos_b, hs)
+                summaries[t_layer] = self.proj[str(t_layer)](pooled / count[:, None].to(hs.dtype))
+        return h, summaries
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.student.get_output_embeddings()(h)
 
 
 def save_tokenizer_files(src_dir: str, dst_dir: str) -> None:

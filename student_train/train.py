@@ -1,7 +1,8 @@
 """The training loop: stream batches, lambda*CE + (1-lambda)*T^2*KD [+ hidden], AdamW, checkpoints.
 
-Runs as one process or under torchrun (DDP; gloo on CPU, nccl on GPU): every rank walks the same
-global batches and takes its own slice of each, so per-rank step counts are always equal.
+Runs as one process or under torchrun (data parallel; gloo on CPU, nccl on GPU): every rank walks
+the same global batches and takes its own slice of each, so per-rank step counts are always
+equal; gradients are averaged with one flat all-reduce per optimiser step.
 """
 import dataclasses
 import json
@@ -58,28 +59,56 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def step_loss(model: Distiller, batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
-    with torch.autocast(batch.input_ids.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        logits, summaries = model(batch)
-    n = logits.shape[0]
-    ce_sum = kd_sum = 0.0
+def backward_step(model: Distiller, batch, cfg: TrainConfig, scale: float = 1.0,
+                  denom: float | None = None) -> dict:
+    """Forward + backward of one micro-batch; gradients accumulate, scaled by ``scale``.
+
+    Logit losses are summed over positions and divided by ``denom`` (default: this batch's
+    position count; under data parallelism, the global count / world, so that the averaged
+    gradient equals that of one process seeing the whole global batch).
+
+    The LM head and the logit losses run chunk by chunk over the labelled positions, each chunk
+    back-propagated at once into a detached copy of the final hidden states; one backward through
+    the backbone follows. Peak memory holds one (chunk, V) logits tensor, not (N, V).
+    """
+    device_type = batch.input_ids.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        h, summaries = model(batch)
+    n = h.shape[0]
+    denom = denom or n
+    h_leaf = h.detach().requires_grad_(True)
+    ce_total = kd_total = 0.0
     for s in range(0, n, cfg.chunk_positions):
         sl = slice(s, s + cfg.chunk_positions)
-        ce_sum = ce_sum + losses.ce_loss(logits[sl], batch.targets[sl]).sum()
-        if cfg.lam < 1.0:
-            kd_sum = kd_sum + losses.sparse_kd_loss(
-                logits[sl], batch.topk_ids[sl], batch.topk_logprobs[sl], cfg.temperature,
-                cfg.divergence, cfg.tail, beta=cfg.beta, alpha=cfg.alpha).sum()
-    ce, kd = ce_sum / n, kd_sum / n  # kd stays 0.0 (a float) when lambda = 1
-    loss = losses.combined_loss(ce, kd, cfg.lam, cfg.temperature)
-    hid = 0.0
-    for t_layer, proj in summaries.items():
-        hid = hid + losses.hidden_loss(proj, batch.hidden[t_layer], cfg.hidden_loss).mean()
-    if summaries:
-        loss = loss + cfg.hidden_weight * hid
-    as_float = lambda x: x.item() if torch.is_tensor(x) else x  # noqa: E731
-    return loss, {"loss": loss.item(), "ce": ce.item(), "kd": as_float(kd),
-                  "hidden": as_float(hid), "tokens": n}
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = model.head(h_leaf[sl])
+        ce = losses.ce_loss(logits, batch.targets[sl]).sum()
+        kd = (losses.sparse_kd_loss(logits, batch.topk_ids[sl], batch.topk_logprobs[sl],
+                                    cfg.temperature, cfg.divergence, cfg.tail, beta=cfg.beta,
+                                    alpha=cfg.alpha).sum()
+              if cfg.lam < 1.0 else torch.zeros((), device=logits.device))
+        (losses.combined_loss(ce, kd, cfg.lam, cfg.temperature) * (scale / denom)).backward()
+        ce_total += ce.item()
+        kd_total += kd.item()
+    hid = sum((losses.hidden_loss(proj, batch.hidden[t], cfg.hidden_loss).mean()
+               for t, proj in summaries.items()), torch.zeros((), device=h.device))
+    ((h * h_leaf.grad).sum() + cfg.hidden_weight * scale * hid).backward()
+    ce, kd = ce_total / n, kd_total / n
+    return {"loss": float(losses.combined_loss(ce, kd, cfg.lam, cfg.temperature)
+                          + cfg.hidden_weight * hid.item()),
+            "ce": ce, "kd": kd, "hidden": hid.item(), "tokens": n}
+
+
+def all_reduce_grads(model: torch.nn.Module, world: int) -> None:
+    """Average gradients over ranks in one flat all-reduce."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def truncate_metrics(path: str, step: int) -> None:
@@ -134,8 +163,9 @@ def train(cfg: TrainConfig) -> dict:
             if rank == 0:
                 print(f"resumed from step {step} (stream epoch {position[0]}, "
                       f"batch {position[1]})")
-    ddp = (torch.nn.parallel.DistributedDataParallel(model, device_ids=None if device.type ==
-                                                     "cpu" else [device]) if world > 1 else model)
+    if world > 1:  # identical start on every rank
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
     metrics_path = cfg.metrics_file or os.path.join(cfg.out, "metrics.jsonl")
     if rank == 0:
         truncate_metrics(metrics_path, step)
@@ -152,10 +182,15 @@ def train(cfg: TrainConfig) -> dict:
         parts = []
         for _ in range(cfg.grad_accum):
             (epoch, index), batch = next(stream)
-            loss, m = step_loss(ddp, batch.to(device), cfg)
-            (loss / cfg.grad_accum).backward()
-            parts.append(m)
+            batch, denom = batch.to(device), None
+            if world > 1:
+                count = torch.tensor(float(batch.targets.numel()), device=device)
+                dist.all_reduce(count)
+                denom = count.item() / world
+            parts.append(backward_step(model, batch, cfg, 1.0 / cfg.grad_accum, denom))
         last = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
+        if world > 1:
+            all_reduce_grads(model, world)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
