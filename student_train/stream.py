@@ -7,6 +7,7 @@ order plus (epoch, batch index). Shards are verified against their recorded sha2
 and decoded column-wise with numpy.
 """
 import dataclasses
+import functools
 import os
 import time
 
@@ -197,7 +198,8 @@ def growing_shards(ls: LabelSet, sync=None):
 
 
 def batches(ls: LabelSet, batch_size: int, seed: int, start: tuple[int, int] = (0, 0),
-            pad_id: int = 0, rank: int = 0, world: int = 1, follow: bool = False, sync=None):
+            pad_id: int = 0, rank: int = 0, world: int = 1, follow: bool = False, sync=None,
+            lazy: bool = False):
     """Yield ((epoch, index), Batch) forever from ``start``; full batches only, in order.
 
     Epoch e visits the shards in a permutation seeded by (seed, e) and each shard's rows in a
@@ -205,7 +207,9 @@ def batches(ls: LabelSet, batch_size: int, seed: int, start: tuple[int, int] = (
     commit order as the labelling job commits them, and ends when the manifest is final.
     A global batch holds ``batch_size * world`` rows; rank r takes rows r, r + world, ... so
     every rank sees the same number of batches and no row is seen twice or dropped (beyond the
-    incomplete last global batch of an epoch, which nobody sees).
+    incomplete last global batch of an epoch, which nobody sees). With ``lazy``, yields
+    ((epoch, index), build) where build() collates the batch (so a reader can skip batches
+    cheaply).
     """
     global_size = batch_size * world
     epoch, skip = start
@@ -223,7 +227,10 @@ def batches(ls: LabelSet, batch_size: int, seed: int, start: tuple[int, int] = (
                 if index >= skip:
                     parts = [(live[s2], np.array([r for s3, r in chunk if s3 == s2]))
                              for s2 in dict.fromkeys(s3 for s3, _ in chunk)]
-                    yield (epoch, index), collate(parts, pad_id)
+                    if lazy:
+                        yield (epoch, index), functools.partial(collate, parts, pad_id)
+                    else:
+                        yield (epoch, index), collate(parts, pad_id)
                 index += 1
                 needed = {s2 for s2, _ in pending} | {s}
                 live = {k: v for k, v in live.items() if k in needed}
@@ -231,3 +238,33 @@ def batches(ls: LabelSet, batch_size: int, seed: int, start: tuple[int, int] = (
             raise ValueError(f"label set {ls.path} has fewer rows in views {ls.views} than one "
                              f"global batch of {global_size}")
         epoch, skip = epoch + 1, 0
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """``batches`` for a DataLoader with worker processes: global batch g (counted from the start
+    position) is built by worker g mod W, and the DataLoader's round-robin over workers returns
+    them in order, so the sequence is the same for any number of workers."""
+
+    def __init__(self, ls: LabelSet, batch_size: int, seed: int, start: tuple[int, int],
+                 pad_id: int, rank: int, world: int):
+        self.args = (ls, batch_size, seed, start, pad_id, rank, world)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, workers = (info.id, info.num_workers) if info else (0, 1)
+        ls, batch_size, seed, start, pad_id, rank, world = self.args
+        for g, item in enumerate(batches(ls, batch_size, seed, start, pad_id, rank, world,
+                                         lazy=True)):
+            if g % workers == wid:
+                pos, build = item
+                yield pos, build()
+
+
+def loader(ls: LabelSet, batch_size: int, seed: int, start: tuple[int, int], pad_id: int,
+           rank: int, world: int, workers: int):
+    """Iterator of ((epoch, index), Batch): in-process, or through ``workers`` processes."""
+    if workers == 0:
+        return batches(ls, batch_size, seed, start, pad_id, rank, world)
+    ds = BatchStream(ls, batch_size, seed, start, pad_id, rank, world)
+    return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
+                                            prefetch_factor=4, persistent_workers=False))

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from student_train import checkpoint, losses
 from student_train.model import Distiller, load_student, save_tokenizer_files
-from student_train.stream import LabelSet, batches
+from student_train.stream import LabelSet, batches, loader
 
 
 @dataclasses.dataclass
@@ -46,6 +46,7 @@ class TrainConfig:
     resume: bool = False
     follow: bool = False          # train while `kd label` is still writing the label set
     poll_seconds: float = 2.0     # follow: how often to look for newly committed shards
+    workers: int = 0              # DataLoader worker processes building batches (0 = inline)
     bf16: bool = False            # autocast the student forward to bfloat16
     chunk_positions: int = 4096   # positions per logits chunk (bounds full-vocab memory)
     metrics_file: str | None = None
@@ -169,8 +170,14 @@ def train(cfg: TrainConfig) -> dict:
     metrics_path = cfg.metrics_file or os.path.join(cfg.out, "metrics.jsonl")
     if rank == 0:
         truncate_metrics(metrics_path, step)
-    stream = batches(ls, cfg.batch_size, cfg.seed, position, pad_id=tok.pad_token_id or 0,
-                     rank=rank, world=world, follow=cfg.follow, sync=sync)
+    if cfg.follow:
+        if cfg.workers:
+            raise ValueError("--follow reads shards as they are committed: use --workers 0")
+        stream = batches(ls, cfg.batch_size, cfg.seed, position, pad_id=tok.pad_token_id or 0,
+                         rank=rank, world=world, follow=True, sync=sync)
+    else:
+        stream = loader(ls, cfg.batch_size, cfg.seed, position, tok.pad_token_id or 0, rank,
+                        world, cfg.workers)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 15, disable=rank != 0)
     t0, last = time.time(), {}
@@ -179,9 +186,11 @@ def train(cfg: TrainConfig) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         opt.zero_grad(set_to_none=True)
-        parts = []
+        parts, t_step, wait = [], time.perf_counter(), 0.0
         for _ in range(cfg.grad_accum):
+            t_wait = time.perf_counter()
             (epoch, index), batch = next(stream)
+            wait += time.perf_counter() - t_wait
             batch, denom = batch.to(device), None
             if world > 1:
                 count = torch.tensor(float(batch.targets.numel()), device=device)
@@ -194,6 +203,7 @@ def train(cfg: TrainConfig) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
+        last.update(step_s=time.perf_counter() - t_step, data_wait_s=wait)
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss']:.3f}", ce=f"{last['ce']:.3f}", refresh=False)
         if mf:

@@ -5,6 +5,7 @@ import boto3
 import fsspec
 import numpy as np
 import pytest
+import torch
 
 from student_train.stream import LabelSet, batches
 
@@ -131,3 +132,17 @@ def test_s3_filesystem_and_corruption_detection(label_set, s3_server):
             LabelSet("s3://kd-labels/labels").shard(0)
     finally:
         fsspec.config.conf.pop("s3", None)
+
+
+def test_dataloader_workers_give_the_same_sequence(label_set):
+    from student_train.stream import loader
+    ls = LabelSet(label_set["out"])
+    gen = batches(ls, 6, 4, start=(0, 3))
+    ref = [next(gen) for _ in range(20)]  # crosses an epoch boundary
+    for workers in (1, 3):
+        it = loader(ls, 6, 4, (0, 3), 0, 0, 1, workers)
+        got = [next(it) for _ in range(20)]
+        assert [tuple(p) for p, _ in got] == [tuple(p) for p, _ in ref]
+        for (_, b), (_, c) in zip(ref, got):
+            assert rows_of(b) == rows_of(c)
+            assert torch.equal(b.topk_logprobs, c.topk_logprobs)
