@@ -40,6 +40,7 @@ def add_parsers(sub) -> None:
     tr.add_argument("--save-every", type=int, help="checkpoint every M steps (0 = never)")
     tr.add_argument("--resume", action="store_const", const=True,
                     help="continue from the newest complete checkpoint in --out")
+    tr.add_argument("--shuffle-buffer", type=int, help="rows in the shuffle buffer (2048)")
     tr.add_argument("--workers", type=int, help="DataLoader worker processes (0 = inline)")
     tr.add_argument("--bf16", action="store_const", const=True, help="bfloat16 autocast")
     tr.add_argument("--follow", action="store_const", const=True,

@@ -1,9 +1,9 @@
 """Stream batches from a label set: manifest-listed shards, columnar decode, deterministic order.
 
-Order: per epoch, the shards are permuted and each shard's rows are permuted (seeded by
-(seed, epoch, shard)); the sequence is cut into batches. A batch is therefore a pure function of
-(seed, shard order, epoch, batch index), which makes resume exact: the stream state is the shard
-order plus (epoch, batch index). Shards are verified against their recorded sha256 before use
+Order: per epoch, the shards are permuted (seeded by (seed, epoch)), read one Parquet row group
+at a time, and their rows pass through a seeded shuffle buffer; the sequence is cut into batches.
+A batch is therefore a pure function of (seed, shard order, epoch, batch index), which makes
+resume exact: the stream state is the shard order plus (epoch, batch index). Shards are verified against their recorded sha256 before use
 and decoded column-wise with numpy.
 """
 import dataclasses
@@ -112,19 +112,30 @@ class LabelSet:
     def num_shards(self) -> int:
         return len(self.shards)
 
+    def _open(self, i: int) -> pq.ParquetFile:
+        info = self.shards[i]
+        path = f"{self.root}/{info.path}"
+        if self.verify and i not in self._verified:
+            verify_shard(self.fs, path, info.sha256)
+            self._verified.add(i)
+        return pq.ParquetFile(self.fs.open(path, "rb"))
+
+    def _select(self, arrays: ShardArrays) -> np.ndarray:
+        return np.flatnonzero(np.isin(arrays.view, self.views))
+
     def shard(self, i: int) -> tuple[ShardArrays, np.ndarray]:
-        """Decoded shard i and the indices of its rows in the selected views."""
+        """Shard i decoded whole, and the indices of its rows in the selected views."""
         if i not in self._cache:
-            info = self.shards[i]
-            path = f"{self.root}/{info.path}"
-            if self.verify and i not in self._verified:
-                verify_shard(self.fs, path, info.sha256)
-                self._verified.add(i)
-            arrays = decode_table(pq.read_table(path, filesystem=self.fs), self.k,
-                                  self.hidden_layers)
-            rows = np.flatnonzero(np.isin(arrays.view, self.views))
-            self._cache = {i: (arrays, rows)}  # keep one shard decoded: memory stays flat
+            arrays = decode_table(self._open(i).read(), self.k, self.hidden_layers)
+            self._cache = {i: (arrays, self._select(arrays))}  # one shard at a time
         return self._cache[i]
+
+    def row_groups(self, i: int):
+        """Shard i one Parquet row group at a time: (decoded arrays, selected row indices)."""
+        pf = self._open(i)
+        for g in range(pf.num_row_groups):
+            arrays = decode_table(pf.read_row_group(g), self.k, self.hidden_layers)
+            yield arrays, self._select(arrays)
 
     def tokenizer_dir(self) -> str:
         """A local directory with the label set's tokenizer (copied once if the set is remote)."""
@@ -199,12 +210,13 @@ def growing_shards(ls: LabelSet, sync=None):
 
 def batches(ls: LabelSet, batch_size: int, seed: int, start: tuple[int, int] = (0, 0),
             pad_id: int = 0, rank: int = 0, world: int = 1, follow: bool = False, sync=None,
-            lazy: bool = False):
+            lazy: bool = False, shuffle_buffer: int = 2048):
     """Yield ((epoch, index), Batch) forever from ``start``; full batches only, in order.
 
-    Epoch e visits the shards in a permutation seeded by (seed, e) and each shard's rows in a
-    permutation seeded by (seed, e, shard). With ``follow``, epoch 0 instead takes the shards in
-    commit order as the labelling job commits them, and ends when the manifest is final.
+    Epoch e visits the shards in a permutation seeded by (seed, e), reads them one row group at a
+    time, and passes rows through a shuffle buffer of ``shuffle_buffer`` rows drawn with an RNG
+    seeded by (seed, e). With ``follow``, epoch 0 instead takes the shards in commit order as the
+    labelling job commits them, and ends when the manifest is final.
     A global batch holds ``batch_size * world`` rows; rank r takes rows r, r + world, ... so
     every rank sees the same number of batches and no row is seen twice or dropped (beyond the
     incomplete last global batch of an epoch, which nobody sees). With ``lazy``, yields
@@ -218,22 +230,38 @@ def batches(ls: LabelSet, batch_size: int, seed: int, start: tuple[int, int] = (
             order = growing_shards(ls, sync)
         else:
             order = (int(s) for s in np.random.default_rng([seed, epoch]).permutation(ls.num_shards))
-        pending, live, index = [], {}, 0  # live: decoded shards that pending rows refer to
-        for s in order:
-            live[s], sel = ls.shard(s)
-            pending += [(s, r) for r in np.random.default_rng([seed, epoch, s]).permutation(sel)]
+        rng = np.random.default_rng([seed, epoch, 1])
+        buffer: list = []   # (arrays, row) waiting to be drawn
+        pending: list = []  # drawn rows waiting for a full global batch
+        index = 0
+
+        def draw(n_keep: int):
+            while len(buffer) > n_keep:
+                j = int(rng.integers(len(buffer)))
+                buffer[j], buffer[-1] = buffer[-1], buffer[j]
+                pending.append(buffer.pop())
+
+        def emit():
+            nonlocal index, pending
             while len(pending) >= global_size:
                 chunk, pending = pending[:global_size][rank::world], pending[global_size:]
                 if index >= skip:
-                    parts = [(live[s2], np.array([r for s3, r in chunk if s3 == s2]))
-                             for s2 in dict.fromkeys(s3 for s3, _ in chunk)]
-                    if lazy:
-                        yield (epoch, index), functools.partial(collate, parts, pad_id)
-                    else:
-                        yield (epoch, index), collate(parts, pad_id)
+                    groups: dict = {}
+                    for arrays, r in chunk:
+                        groups.setdefault(id(arrays), (arrays, []))[1].append(r)
+                    parts = [(a, np.array(rows)) for a, rows in groups.values()]
+                    pos = (epoch, index)
+                    yield pos, (functools.partial(collate, parts, pad_id) if lazy
+                                else collate(parts, pad_id))
                 index += 1
-                needed = {s2 for s2, _ in pending} | {s}
-                live = {k: v for k, v in live.items() if k in needed}
+
+        for s in order:
+            for arrays, sel in ls.row_groups(s):
+                buffer += [(arrays, r) for r in sel]
+                draw(shuffle_buffer)
+                yield from emit()
+        draw(0)
+        yield from emit()
         if index == 0:
             raise ValueError(f"label set {ls.path} has fewer rows in views {ls.views} than one "
                              f"global batch of {global_size}")
@@ -246,25 +274,27 @@ class BatchStream(torch.utils.data.IterableDataset):
     them in order, so the sequence is the same for any number of workers."""
 
     def __init__(self, ls: LabelSet, batch_size: int, seed: int, start: tuple[int, int],
-                 pad_id: int, rank: int, world: int):
+                 pad_id: int, rank: int, world: int, shuffle_buffer: int):
         self.args = (ls, batch_size, seed, start, pad_id, rank, world)
+        self.shuffle_buffer = shuffle_buffer
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         wid, workers = (info.id, info.num_workers) if info else (0, 1)
         ls, batch_size, seed, start, pad_id, rank, world = self.args
         for g, item in enumerate(batches(ls, batch_size, seed, start, pad_id, rank, world,
-                                         lazy=True)):
+                                         lazy=True, shuffle_buffer=self.shuffle_buffer)):
             if g % workers == wid:
                 pos, build = item
                 yield pos, build()
 
 
 def loader(ls: LabelSet, batch_size: int, seed: int, start: tuple[int, int], pad_id: int,
-           rank: int, world: int, workers: int):
+           rank: int, world: int, workers: int, shuffle_buffer: int = 2048):
     """Iterator of ((epoch, index), Batch): in-process, or through ``workers`` processes."""
     if workers == 0:
-        return batches(ls, batch_size, seed, start, pad_id, rank, world)
-    ds = BatchStream(ls, batch_size, seed, start, pad_id, rank, world)
+        return batches(ls, batch_size, seed, start, pad_id, rank, world,
+                       shuffle_buffer=shuffle_buffer)
+    ds = BatchStream(ls, batch_size, seed, start, pad_id, rank, world, shuffle_buffer)
     return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
                                             prefetch_factor=4, persistent_workers=False))

@@ -47,6 +47,7 @@ class TrainConfig:
     follow: bool = False          # train while `kd label` is still writing the label set
     poll_seconds: float = 2.0     # follow: how often to look for newly committed shards
     workers: int = 0              # DataLoader worker processes building batches (0 = inline)
+    shuffle_buffer: int = 2048    # rows in the seeded shuffle buffer
     bf16: bool = False            # autocast the student forward to bfloat16
     chunk_positions: int = 4096   # positions per logits chunk (bounds full-vocab memory)
     metrics_file: str | None = None
@@ -174,14 +175,15 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.workers:
             raise ValueError("--follow reads shards as they are committed: use --workers 0")
         stream = batches(ls, cfg.batch_size, cfg.seed, position, pad_id=tok.pad_token_id or 0,
-                         rank=rank, world=world, follow=True, sync=sync)
+                         rank=rank, world=world, follow=True, sync=sync,
+                         shuffle_buffer=cfg.shuffle_buffer)
     else:
         stream = loader(ls, cfg.batch_size, cfg.seed, position, tok.pad_token_id or 0, rank,
-                        world, cfg.workers)
+                        world, cfg.workers, cfg.shuffle_buffer)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 15, disable=rank != 0)
     t0, last = time.time(), {}
-    mf = open(metrics_path, "a") if rank == 0 else None
+    mf = open(metrics_path, "a", buffering=1) if rank == 0 else None  # line-buffered
     while step < cfg.steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)

@@ -15,6 +15,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 STUDENT = os.path.join(ROOT, "demo", "student.json")
 
 
+def has_steps(metrics: str) -> bool:
+    return os.path.exists(metrics) and os.path.getsize(metrics) > 0
+
+
 def slow_writer(src: str, dst: str, metrics: str, log: list):
     """Replays a finished label set shard by shard through the commit protocol."""
     m = load_manifest(src)
@@ -25,9 +29,9 @@ def slow_writer(src: str, dst: str, metrics: str, log: list):
     for i, info in enumerate(m.shards):
         if i == len(m.shards) - 1:  # hold the last shard until the trainer is running
             deadline = time.time() + 120
-            while not os.path.exists(metrics) and time.time() < deadline:
+            while not has_steps(metrics) and time.time() < deadline:
                 time.sleep(0.05)
-            log.append(("trainer_running", os.path.exists(metrics)))
+            log.append(("trainer_running", has_steps(metrics)))
         shutil.copy(f"{src}/{info.path}", f"{dst}/{info.path}")
         write_commit(dst, ShardInfo(**vars(info)), m.cache_key, m.label_config)
         time.sleep(0.2)
@@ -45,7 +49,8 @@ def test_follow_trains_from_committed_shards_until_final(label_set, tmp_path):
     n_rows = sum(s.rows for s in load_manifest(src).shards)
     steps = n_rows // 8 + 3  # more than one epoch: must wait for the final manifest
     result = train(TrainConfig(labels=dst, student=STUDENT, out=out, steps=steps, batch_size=8,
-                               follow=True, poll_seconds=0.05, save_every=steps - 1))
+                               follow=True, poll_seconds=0.05, save_every=steps - 1,
+                               shuffle_buffer=16))
     writer.join()
     assert result["steps"] == steps
     assert log[0] == ("trainer_running", True)  # training began before the last shard existed
