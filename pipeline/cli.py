@@ -22,7 +22,11 @@ def add_parser(sub) -> None:
                     help="engine dtype (default: the checkpoint's own, e.g. float32)")
     ap.add_argument("--hidden-layers", default="final",
                     help="'final' (mean-pooled final-layer state over the response) or 'none'")
-    ap.add_argument("--shard-rows", type=int, default=512, help="examples per shard (target)")
+    ap.add_argument("--shard-rows", type=int, default=512,
+                    help="raw input lines per chunk; a chunk becomes one shard")
+    ap.add_argument("--too-long", choices=["reject", "truncate"], default="reject",
+                    help="examples longer than the teacher's context: reject (default) or "
+                         "truncate the response")
     ap.add_argument("--max-model-len", type=int, default=None)
     ap.add_argument("--kv-cache-gb", type=float, default=1.0, help="engine KV cache size")
     ap.add_argument("--enforce-eager", action="store_true",
@@ -61,7 +65,7 @@ def main(args, beam_args: list[str]) -> int:
     t0 = time.time()
     try:
         summary = job.run(job.LabelJob(cfg, args.input, args.out, args.simplified,
-                                       args.shard_rows), beam_args)
+                                       args.shard_rows, args.too_long == "truncate"), beam_args)
     finally:
         shutdown_all()
     summary["seconds"] = round(time.time() - t0, 2)

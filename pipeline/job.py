@@ -8,10 +8,9 @@ Per-element logic lives in records.py, tokenize.py, teacher.py and shards.py as 
 """
 import collections
 import dataclasses
-import hashlib
 import json
 import logging
-import math
+import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -21,7 +20,8 @@ from pipeline.teacher import TeacherConfig, context_length, checkpoint_dtype, mo
 from pipeline.tokenize import Tokenized, load_tokenizer, tokenize_example
 from schemas import (SCHEMA_VERSION, Manifest, cache_key, load_manifest, teacher_fingerprint,
                      tokenizer_fingerprint, write_manifest)
-from schemas.manifest import clear_stale_commits, strip_credentials, write_commit
+from schemas.manifest import (clear_stale_commits, read_commits, strip_credentials,
+                             write_commit)
 
 REJECTED = "rejected"
 log = logging.getLogger("kd.label")
@@ -34,6 +34,7 @@ class LabelJob:
     out: str
     simplified: str | None = None
     shard_rows: int = 512
+    truncate: bool = False  # over-long examples: truncate the response instead of rejecting
 
 
 def split_rejects(element):
@@ -45,14 +46,15 @@ def split_rejects(element):
 
 
 class TokenizeFn(beam.DoFn):
-    def __init__(self, model_dir: str, max_len: int, trust_remote_code: bool):
+    def __init__(self, model_dir: str, max_len: int, trust_remote_code: bool, truncate: bool):
         self.model_dir, self.max_len, self.trust = model_dir, max_len, trust_remote_code
+        self.truncate = truncate
 
     def setup(self):
         self.tok = load_tokenizer(self.model_dir, self.trust)
 
     def process(self, ex):
-        yield from split_rejects_all(tokenize_example(self.tok, ex, self.max_len))
+        yield from split_rejects_all(tokenize_example(self.tok, ex, self.max_len, self.truncate))
 
 
 def split_rejects_all(items):
@@ -60,40 +62,53 @@ def split_rejects_all(items):
         yield from split_rejects(item)
 
 
-def chunk_key(item: Tokenized, n_rows: int, shard_rows: int) -> tuple[int, Tokenized]:
-    n_chunks = max(1, math.ceil(n_rows / shard_rows))
-    bucket = int(hashlib.sha256(item.id.encode()).hexdigest()[:12], 16) % n_chunks
-    return bucket, item
+def chunk_key(item: Tokenized, shard_rows: int) -> tuple[str, Tokenized]:
+    """Chunk = a fixed range of raw input lines: appending records leaves old chunks unchanged."""
+    source, line = item.raw_src
+    return f"{source}:{(line - 1) // shard_rows}", item
 
 
 class LabelChunkFn(beam.DoFn):
     """Label one chunk with the process-wide teacher and commit it as one shard."""
 
-    def __init__(self, cfg: TeacherConfig, out: str, metadata: dict, label_config: dict):
+    def __init__(self, cfg: TeacherConfig, out: str, metadata: dict, label_config: dict,
+                 existing: dict):
         self.cfg, self.out, self.metadata, self.label_config = cfg, out, metadata, label_config
+        self.existing = existing  # shard path -> ShardInfo dict, committed earlier with this key
 
     def setup(self):
-        from pipeline.teacher import get_teacher
-        self.teacher = get_teacher(self.cfg)
+        self.teacher = None  # started on the first chunk that needs labelling
 
     def process(self, keyed):
         _, items = keyed
         items = sorted(items, key=lambda t: t.id)
+        path = f"shards/{shards.chunk_name(items)}"
+        if path in self.existing:  # same content, same teacher and config: reuse
+            yield {**self.existing[path], "reused": True}
+            return
+        if self.teacher is None:
+            from pipeline.teacher import get_teacher
+            self.teacher = get_teacher(self.cfg)
+        t0 = time.perf_counter()
         labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items])
         info = shards.write_shard(self.out, list(zip(items, labels)), self.cfg.top_k,
                                   self.cfg.hidden_layers, self.metadata)
         write_commit(self.out, info, self.metadata["cache_key"], self.label_config)
-        log.info("committed %s (%d rows, %d tokens)", info.path, info.rows, info.tokens)
-        yield dataclasses.asdict(info)
+        dt = time.perf_counter() - t0
+        log.info("committed %s: %d rows, %d labelled tokens, %.0f tokens/s", info.path,
+                 info.rows, info.tokens, sum(len(t.raw_ids) for t in items) / dt)
+        yield {**dataclasses.asdict(info), "reused": False}
 
 
 def commit_manifest(shard_infos, rejects_info, rows_in, out, header):
     """The last step: write the manifest listing every shard, after all shards are durable."""
     shard_list = sorted(shard_infos, key=lambda s: s["path"])
+    reused = [s for s in shard_list if s.pop("reused")]
     labelled = sum(s["rows"] for s in shard_list)
     counts = {"rows_in": rows_in, "rows_labelled": labelled,
               "rows_rejected": rejects_info["rows"],
-              "tokens_labelled": sum(s["tokens"] for s in shard_list)}
+              "tokens_labelled": sum(s["tokens"] for s in shard_list),
+              "shards_reused": len(reused), "rows_reused": sum(s["rows"] for s in reused)}
     if counts["rows_in"] != labelled + rejects_info["rows"]:
         raise RuntimeError(f"row accounting broken: {counts}")  # a bug, never bad input
     from schemas import ShardInfo
@@ -103,7 +118,8 @@ def commit_manifest(shard_infos, rejects_info, rows_in, out, header):
     return counts
 
 
-def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict) -> None:
+def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict,
+          existing: dict) -> None:
     cfg = job.teacher
     max_len = cfg.max_model_len or context_length(model_config(cfg.model_dir))
     sources = [("Raw", job.input, "raw")]
@@ -127,14 +143,13 @@ def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict) -> None
                                                                        list(g["simplified"])))
               | "SplitPair" >> beam.FlatMap(split_rejects).with_outputs(REJECTED, main="ok"))
     toks = (paired.ok | "Tokenize" >> beam.ParDo(TokenizeFn(cfg.model_dir, max_len,
-                                                            cfg.trust_remote_code))
+                                                            cfg.trust_remote_code, job.truncate))
             .with_outputs(REJECTED, main="ok"))
-    n_examples = toks.ok | "CountExamples" >> beam.combiners.Count.Globally()
     infos = (toks.ok
-             | "Chunk" >> beam.Map(chunk_key, beam.pvalue.AsSingleton(n_examples), job.shard_rows)
+             | "Chunk" >> beam.Map(chunk_key, job.shard_rows)
              | "GroupChunks" >> beam.GroupByKey()
-             | "LabelAndWrite" >> beam.ParDo(LabelChunkFn(cfg, job.out, metadata,
-                                                          header["label_config"])))
+             | "LabelOrReuse" >> beam.ParDo(LabelChunkFn(cfg, job.out, metadata,
+                                                         header["label_config"], existing)))
     rejects = ([out[REJECTED] for out in parsed.values()] + [paired[REJECTED], toks[REJECTED]]
                | "AllRejects" >> beam.Flatten())
     rejects_info = (rejects | "CollectRejects" >> beam.combiners.ToList()
@@ -165,12 +180,31 @@ def run(job: LabelJob, beam_args: list[str]) -> dict:
                 "label_mode": "score", "dtype": label_config["dtype"], "cache_key": key}
     copy_tokenizer(cfg.model_dir, job.out)
     clear_stale_commits(job.out, key)
+    existing = committed_shards(job.out, key)
     if not any(a.startswith("--runner") for a in beam_args):
         beam_args = ["--runner=FnApiRunner", *beam_args]
     with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
-        build(p, job, header, metadata)
+        build(p, job, header, metadata, existing)
     manifest = load_manifest(job.out)
     return summarize(job.out, manifest)
+
+
+def committed_shards(out: str, key: str) -> dict:
+    """Shards already committed under this cache key (previous manifest, or commit records of an
+    interrupted run) whose files are present: path -> ShardInfo dict."""
+    import fsspec
+    fs, root = fsspec.core.url_to_fs(out)
+    found = {}
+    try:
+        m = load_manifest(out)
+        if m.cache_key == key:
+            found.update({s.path: dataclasses.asdict(s) for s in m.shards})
+    except FileNotFoundError:
+        pass
+    found.update({r["shard"]["path"]: r["shard"] for r in read_commits(out)
+                  if r["cache_key"] == key})
+    return {p: info for p, info in found.items()
+            if fs.exists(f"{root}/{p}") and fs.size(f"{root}/{p}") == info["bytes"]}
 
 
 def copy_tokenizer(model_dir: str, out: str) -> None:
@@ -199,7 +233,8 @@ def summarize(out: str, manifest: Manifest) -> dict:
 
 def format_summary(summary: dict) -> str:
     lines = [f"rows in        {summary['rows_in']}",
-             f"rows labelled  {summary['rows_labelled']}",
+             f"rows labelled  {summary['rows_labelled']} ({summary.get('rows_reused', 0)} reused "
+             f"from {summary.get('shards_reused', 0)} unchanged shards)",
              f"rows rejected  {summary['rows_rejected']}",
              f"tokens         {summary['tokens_labelled']}",
              f"shards         {summary['shards']}"]

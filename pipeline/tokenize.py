@@ -12,6 +12,7 @@ class Tokenized:
     raw_start: int              # index of the first response token in raw_ids
     simplified_ids: list[int] | None
     simplified_start: int | None
+    raw_src: tuple[str, int] = ("", 0)  # (file, line) of the raw record: decides its chunk
 
 
 def load_tokenizer(model_dir: str, trust_remote_code: bool = False):
@@ -29,13 +30,18 @@ def response_ids(tok, response: str) -> list[int]:
     return ids + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
 
 
-def tokenize_example(tok, ex: Example, max_len: int) -> list[Tokenized | dict]:
-    """Tokenise one example; a sequence over ``max_len`` rejects the example (both views)."""
+def tokenize_example(tok, ex: Example, max_len: int,
+                     truncate: bool = False) -> list[Tokenized | dict]:
+    """Tokenise one example. A sequence over ``max_len`` rejects the example (both views), or
+    with ``truncate`` keeps the first tokens of the response that fit behind the longer prompt."""
     resp = response_ids(tok, ex.response)
     raw_p = prompt_ids(tok, ex.prompt)
     simp_p = prompt_ids(tok, ex.simplified_prompt) if ex.simplified_prompt is not None else None
     longest = len(resp) + max(len(raw_p), len(simp_p or []))
-    if longest > max_len:
+    room = max_len - max(len(raw_p), len(simp_p or []))
+    if longest > max_len and truncate and room >= 1:
+        resp = resp[:room]
+    elif longest > max_len:
         detail = f"{longest} tokens > teacher context {max_len}"
         out = [reject(*ex.raw_src, "raw", "too_long", detail, ex.id)]
         if ex.simplified_src:
@@ -43,4 +49,4 @@ def tokenize_example(tok, ex: Example, max_len: int) -> list[Tokenized | dict]:
         return out
     return [Tokenized(ex.id, raw_p + resp, len(raw_p),
                       None if simp_p is None else simp_p + resp,
-                      None if simp_p is None else len(simp_p))]
+                      None if simp_p is None else len(simp_p), ex.raw_src)]

@@ -79,6 +79,23 @@ def test_rerun_is_idempotent(label_set, teacher_config, demo_inputs):
                          demo_inputs["simplified"], shard_rows=20), [])
     after = load_manifest(label_set["out"])
     assert [(s.path, s.sha256) for s in after.shards] == [(s.path, s.sha256) for s in before.shards]
+    assert after.counts["shards_reused"] == len(after.shards)  # nothing relabelled
+
+
+def test_grown_dataset_labels_only_new_chunks(teacher_config, demo_inputs, tmp_path):
+    lines = open(demo_inputs["raw"], "rb").readlines()[:30]
+    raw = tmp_path / "raw.jsonl"
+    out = str(tmp_path / "labels")
+    raw.write_bytes(b"".join(lines[:20]))
+    first = job.run(job.LabelJob(teacher_config, str(raw), out, shard_rows=8), [])
+    assert (first["shards"], first["shards_reused"]) == (3, 0)  # lines 1-8, 9-16, 17-20
+    raw.write_bytes(b"".join(lines))  # 10 more records appended
+    second = job.run(job.LabelJob(teacher_config, str(raw), out, shard_rows=8), [])
+    assert second["rows_labelled"] == 30 and second["rows_in"] == 30
+    assert (second["shards"], second["shards_reused"]) == (4, 2)  # lines 17-24 changed, 25-30 new
+    _, rows = read_all(out)
+    ids = [r["example_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 30
 
 
 def test_train_and_eval_from_label_set(label_set, tmp_path):

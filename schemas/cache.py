@@ -1,0 +1,68 @@
+"""Listing and inspecting label sets (``kd cache ls`` / ``kd cache inspect``)."""
+import fsspec
+
+from schemas.manifest import COMMITS_DIR, MANIFEST_NAME, load_manifest, read_commits
+from schemas.validate import ShardError, verify_shard
+
+
+def describe(label_dir: str, verify: bool = False) -> dict:
+    """What a label set holds: teacher, config, rows, tokens, bytes, complete or not."""
+    fs, root = fsspec.core.url_to_fs(label_dir)
+    try:
+        m = load_manifest(label_dir)
+        shards, complete = m.shards, m.complete
+        info = {"cache_key": m.cache_key, "teacher": m.teacher,
+                "label_config": m.label_config, "counts": m.counts}
+    except FileNotFoundError:
+        records = read_commits(label_dir)
+        if not records:
+            raise FileNotFoundError(f"{label_dir} holds no manifest and no committed shards")
+        from schemas.manifest import ShardInfo
+        shards, complete = [ShardInfo(**r["shard"]) for r in records], False
+        info = {"cache_key": records[0]["cache_key"], "teacher": None,
+                "label_config": records[0]["label_config"], "counts": None}
+    listed = {s.path for s in shards}
+    try:
+        on_disk = {p[len(root) + 1:] for p in fs.ls(f"{root}/shards", detail=False)}
+    except FileNotFoundError:
+        on_disk = set()
+    out = {"path": label_dir, "complete": complete, "shards": len(shards),
+           "rows": sum(s.rows for s in shards), "tokens": sum(s.tokens for s in shards),
+           "bytes": sum(s.bytes for s in shards),
+           "unlisted_files": sorted(on_disk - listed), **info}
+    if verify:
+        bad = []
+        for s in shards:
+            try:
+                verify_shard(fs, f"{root}/{s.path}", s.sha256)
+            except ShardError as e:
+                bad.append(str(e))
+        out["corrupted"] = bad
+    return out
+
+
+def find_label_sets(root: str) -> list[str]:
+    """Directories under ``root`` (any depth) holding a manifest or commit records."""
+    fs, base = fsspec.core.url_to_fs(root)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    dirs = set()
+    for path in fs.find(base):
+        parts = path.split("/")
+        if parts[-1] == MANIFEST_NAME:
+            dirs.add("/".join(parts[:-1]))
+        elif len(parts) >= 2 and parts[-2] == COMMITS_DIR and path.endswith(".json"):
+            dirs.add("/".join(parts[:-2]))
+    return sorted(prefix + d for d in dirs)
+
+
+def format_ls(rows: list[dict]) -> str:
+    head = (f"{'label set':<44} {'complete':<9} {'teacher':<10} {'k':>4} {'rows':>8} "
+            f"{'tokens':>9} {'MB':>8}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        teacher = (r["teacher"] or {}).get("fingerprint", "?")[:8]
+        lines.append(f"{r['path'][-44:]:<44} {str(r['complete']).lower():<9} {teacher:<10} "
+                     f"{r['label_config'].get('top_k', '?'):>4} {r['rows']:>8} {r['tokens']:>9} "
+                     f"{r['bytes'] / 1e6:>8.2f}")
+    return "\n".join(lines)
