@@ -194,6 +194,7 @@ def committed_shards(out: str, key: str) -> dict:
     interrupted run) whose files are present: path -> ShardInfo dict."""
     import fsspec
     fs, root = fsspec.core.url_to_fs(out)
+    fs.invalidate_cache(f"{root}/shards")
     found = {}
     try:
         m = load_manifest(out)

@@ -22,6 +22,7 @@ def describe(label_dir: str, verify: bool = False) -> dict:
         info = {"cache_key": records[0]["cache_key"], "teacher": None,
                 "label_config": records[0]["label_config"], "counts": None}
     listed = {s.path for s in shards}
+    fs.invalidate_cache(f"{root}/shards")
     try:
         on_disk = {p[len(root) + 1:] for p in fs.ls(f"{root}/shards", detail=False)}
     except FileNotFoundError:

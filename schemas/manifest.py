@@ -7,6 +7,8 @@ Paths inside are relative to the manifest's directory; no credentials are ever s
 """
 import dataclasses
 import json
+import os
+import socket
 import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
@@ -75,11 +77,13 @@ def write_manifest(label_dir: str, manifest: Manifest, storage_options: dict | N
 def load_manifest(label_dir: str, storage_options: dict | None = None) -> Manifest:
     fs, root = fsspec.core.url_to_fs(label_dir, **(storage_options or {}))
     path = f"{root}/{MANIFEST_NAME}"
-    if not fs.exists(path):
+    fs.invalidate_cache(root)  # object-store listings are cached; the manifest may be new
+    try:
+        with fs.open(path, "r") as f:
+            return Manifest.from_json(f.read())
+    except FileNotFoundError:
         raise FileNotFoundError(f"no {MANIFEST_NAME} in {label_dir}: not a label set, or its "
-                                "labelling job has not committed yet")
-    with fs.open(path, "r") as f:
-        return Manifest.from_json(f.read())
+                                "labelling job has not committed yet") from None
 
 
 def write_commit(label_dir: str, info: ShardInfo, cache_key: str, label_config: dict) -> None:
@@ -93,14 +97,16 @@ def write_commit(label_dir: str, info: ShardInfo, cache_key: str, label_config: 
     final = f"{root}/{COMMITS_DIR}/{name}.json"
     tmp = f"{root}/{COMMITS_DIR}/.{name}.{uuid.uuid4().hex}.tmp"
     fs.makedirs(f"{root}/{COMMITS_DIR}", exist_ok=True)
+    writer = f"{socket.gethostname()}:{os.getpid()}"  # which worker committed it
     fs.pipe(tmp, json.dumps({"cache_key": cache_key, "label_config": label_config,
-                             "shard": dataclasses.asdict(info)}).encode())
+                             "shard": dataclasses.asdict(info), "writer": writer}).encode())
     fs.mv(tmp, final)
 
 
 def read_commits(label_dir: str) -> list[dict]:
     """Every commit record of a label set (sorted by shard path); [] if none yet."""
     fs, root = fsspec.core.url_to_fs(label_dir)
+    fs.invalidate_cache(f"{root}/{COMMITS_DIR}")  # see commits made since the last look
     try:
         paths = sorted(p for p in fs.ls(f"{root}/{COMMITS_DIR}", detail=False)
                        if p.endswith(".json"))

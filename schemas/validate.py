@@ -21,9 +21,10 @@ def sha256_file(fs, path: str) -> str:
 
 
 def verify_shard(fs, path: str, sha256: str) -> None:
-    if not fs.exists(path):
-        raise ShardError(f"shard {path} is listed in the manifest but missing")
-    got = sha256_file(fs, path)
+    try:
+        got = sha256_file(fs, path)
+    except FileNotFoundError:
+        raise ShardError(f"shard {path} is listed in the manifest but missing") from None
     if got != sha256:
         raise ShardError(f"shard {path} is corrupted: sha256 {got} != manifest {sha256}")
 

@@ -68,3 +68,27 @@ def label_set(teacher, teacher_config, demo_inputs, tmp_path_factory) -> dict:
     summary = job.run(job.LabelJob(teacher_config, demo_inputs["raw"], out,
                                    demo_inputs["simplified"], shard_rows=20), [])
     return {"out": out, "summary": summary}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API server (moto) on loopback; s3fs talks HTTP to it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="kd-labels")
+    yield endpoint
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -1,7 +1,6 @@
 """The shard stream: exact coverage, rank split, deterministic order, storage back-ends."""
 import os
 
-import boto3
 import fsspec
 import numpy as np
 import pytest
@@ -87,29 +86,6 @@ def test_memory_filesystem(label_set):
     mem = LabelSet("memory://kd-test/labels")
     same_stream(LabelSet(label_set["out"]), mem)
     assert os.path.exists(os.path.join(mem.tokenizer_dir(), "tokenizer.json"))
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """A real S3 API server (moto) on loopback; s3fs talks HTTP to it."""
-    from moto.server import ThreadedMotoServer
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    s3.create_bucket(Bucket="kd-labels")
-    yield endpoint
-    server.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def test_s3_filesystem_and_corruption_detection(label_set, s3_server):
