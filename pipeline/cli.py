@@ -5,7 +5,8 @@ import logging
 import sys
 import time
 
-DESCRIPTION = """Run the teacher (vLLM, in-process) over raw [and simplified] JSONL records through
+DESCRIPTION = """Run the teacher (vLLM, in-process) over raw [and simplified] records (JSONL or
+Parquet, any fsspec URL) through
 an Apache Beam pipeline; write Parquet shards, a rejects file and the manifest to --out.
 Arguments not listed here are passed to Beam (e.g. --runner=DirectRunner
 --direct_num_workers=2 --direct_running_mode=multi_processing)."""
@@ -17,6 +18,13 @@ def add_parser(sub) -> None:
     ap.add_argument("--input", required=True, help="raw JSONL {id, prompt, response} (fsspec URL)")
     ap.add_argument("--simplified", help="simplified JSONL {id, prompt}, paired with raw by id")
     ap.add_argument("--out", required=True, help="output label-set directory (fsspec URL)")
+    ap.add_argument("--mode", choices=["score", "text"], default="score",
+                    help="score: {id, prompt, response} records (teacher forcing on the given "
+                         "responses); text: {id, text} records, every position after the first")
+    ap.add_argument("--columns", default="",
+                    help="column mapping, e.g. id=uid,prompt=question,response=answer")
+    ap.add_argument("--chat-template", action="store_true",
+                    help="wrap each prompt in the tokenizer's chat template as a user turn")
     ap.add_argument("--top-k", type=int, default=20)
     ap.add_argument("--dtype", default=None,
                     help="engine dtype (default: the checkpoint's own, e.g. float32)")
@@ -64,8 +72,10 @@ def main(args, beam_args: list[str]) -> int:
                         engine_args=parse_engine_args(args.engine_arg))
     t0 = time.time()
     try:
+        columns = tuple(tuple(kv.split("=", 1)) for kv in args.columns.split(",") if kv)
         summary = job.run(job.LabelJob(cfg, args.input, args.out, args.simplified,
-                                       args.shard_rows, args.too_long == "truncate"), beam_args)
+                                       args.shard_rows, args.too_long == "truncate", args.mode,
+                                       columns, args.chat_template), beam_args)
     finally:
         shutdown_all()
     summary["seconds"] = round(time.time() - t0, 2)

@@ -35,6 +35,9 @@ class LabelJob:
     simplified: str | None = None
     shard_rows: int = 512
     truncate: bool = False  # over-long examples: truncate the response instead of rejecting
+    mode: str = "score"     # score: prompt + response records; text: plain text records
+    columns: tuple = ()     # (our field, input field) pairs: a column mapping
+    chat_template: bool = False  # wrap prompts in the tokenizer's chat template
 
 
 def split_rejects(element):
@@ -46,15 +49,17 @@ def split_rejects(element):
 
 
 class TokenizeFn(beam.DoFn):
-    def __init__(self, model_dir: str, max_len: int, trust_remote_code: bool, truncate: bool):
+    def __init__(self, model_dir: str, max_len: int, trust_remote_code: bool, truncate: bool,
+                 chat: bool):
         self.model_dir, self.max_len, self.trust = model_dir, max_len, trust_remote_code
-        self.truncate = truncate
+        self.truncate, self.chat = truncate, chat
 
     def setup(self):
         self.tok = load_tokenizer(self.model_dir, self.trust)
 
     def process(self, ex):
-        yield from split_rejects_all(tokenize_example(self.tok, ex, self.max_len, self.truncate))
+        yield from split_rejects_all(tokenize_example(self.tok, ex, self.max_len, self.truncate,
+                                                      self.chat))
 
 
 def split_rejects_all(items):
@@ -122,16 +127,18 @@ def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict,
           existing: dict) -> None:
     cfg = job.teacher
     max_len = cfg.max_model_len or context_length(model_config(cfg.model_dir))
-    sources = [("Raw", job.input, "raw")]
+    columns = dict(job.columns)
+    sources = [("Raw", job.input, "raw", "text" if job.mode == "text" else "raw")]
     if job.simplified:
-        sources.append(("Simplified", job.simplified, "simplified"))
+        sources.append(("Simplified", job.simplified, "simplified", "simplified"))
     parsed, counts = {}, []
-    for name, path, view in sources:
+    for name, path, view, kind in sources:
         lines = (p | f"Read{name}" >> beam.Create([path])
-                 | f"Lines{name}" >> beam.FlatMap(records.read_lines, view)
+                 | f"Records{name}" >> beam.FlatMap(records.read_records, kind, columns)
                  | f"Reshuffle{name}" >> beam.Reshuffle())
         counts.append(lines | f"Count{name}" >> beam.combiners.Count.Globally())
-        parsed[view] = (lines | f"Parse{name}" >> beam.MapTuple(records.parse_line)
+        parsed[view] = (lines | f"Parse{name}" >> beam.MapTuple(records.parse_record,
+                                                               columns=columns)
                         | f"Split{name}" >> beam.FlatMap(split_rejects).with_outputs(REJECTED,
                                                                                    main="ok"))
     keyed = {view: out.ok | f"KeyById{view}" >> beam.Map(lambda r: (r.id, r))
@@ -143,7 +150,8 @@ def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict,
                                                                        list(g["simplified"])))
               | "SplitPair" >> beam.FlatMap(split_rejects).with_outputs(REJECTED, main="ok"))
     toks = (paired.ok | "Tokenize" >> beam.ParDo(TokenizeFn(cfg.model_dir, max_len,
-                                                            cfg.trust_remote_code, job.truncate))
+                                                            cfg.trust_remote_code, job.truncate,
+                                                            job.chat_template))
             .with_outputs(REJECTED, main="ok"))
     infos = (toks.ok
              | "Chunk" >> beam.Map(chunk_key, job.shard_rows)
@@ -164,7 +172,11 @@ def run(job: LabelJob, beam_args: list[str]) -> dict:
     """Run the job; return the summary (counts, shards, rejects by reason)."""
     cfg = job.teacher
     mcfg = model_config(cfg.model_dir)
-    label_config = {"mode": "score", "top_k": cfg.top_k, "hidden_layers": list(cfg.hidden_layers),
+    if job.mode == "text" and job.simplified:
+        raise ValueError("plain text mode labels single texts: no simplified input")
+    label_config = {"mode": job.mode, "top_k": cfg.top_k,
+                    "chat_template": job.chat_template,
+                    "too_long": "truncate" if job.truncate else "reject", "hidden_layers": list(cfg.hidden_layers),
                     "hidden_pooling": "mean_response", "dtype": cfg.dtype or checkpoint_dtype(mcfg),
                     "teacher_num_layers": int(mcfg["num_hidden_layers"]),
                     "hidden_size": int(mcfg["hidden_size"]),
@@ -177,7 +189,7 @@ def run(job: LabelJob, beam_args: list[str]) -> dict:
                           "dtype": label_config["dtype"]},
               "tokenizer_fingerprint": tok_fp, "label_config": label_config}
     metadata = {"teacher_fingerprint": t_fp, "tokenizer_fingerprint": tok_fp, "k": cfg.top_k,
-                "label_mode": "score", "dtype": label_config["dtype"], "cache_key": key}
+                "label_mode": job.mode, "dtype": label_config["dtype"], "cache_key": key}
     copy_tokenizer(cfg.model_dir, job.out)
     clear_stale_commits(job.out, key)
     existing = committed_shards(job.out, key)

@@ -1,14 +1,21 @@
 """Reading and checking input records: plain functions, no Beam.
 
-Every non-blank input line is one record. A record either becomes an ``Example`` or a reject
-(a dict of REJECT_SCHEMA) with a reason, so that rows_in == rows_labelled + rows_rejected.
+Inputs are JSONL (every non-blank line is one record) or Parquet (every row is one record), read
+through fsspec. A record either becomes an ``Example`` or a reject (a dict of REJECT_SCHEMA) with
+a reason, so that rows_in == rows_labelled + rows_rejected.
+
+Record kinds: "raw" {id, prompt, response}, "simplified" {id, prompt}, "text" {id, text} (plain
+text mode: every position after the first is labelled). A column mapping renames input fields
+to these names (``{"prompt": "question"}`` reads the input's "question" as the prompt).
 """
 import dataclasses
 import json
 
 import fsspec
 
-FIELDS = {"raw": ("id", "prompt", "response"), "simplified": ("id", "prompt")}
+FIELDS = {"raw": ("id", "prompt", "response"), "simplified": ("id", "prompt"),
+          "text": ("id", "text")}
+PARQUET_BATCH = 1024
 MAX_RECORD_ECHO = 500
 
 
@@ -39,30 +46,59 @@ def reject(source: str, line: int, view: str, reason: str, detail: str,
             "reason": reason, "detail": detail, "record": record[:MAX_RECORD_ECHO]}
 
 
-def read_lines(path: str, view: str):
-    """Yield (view, source, line_no, raw bytes) for every non-blank line of a JSONL file."""
+def input_format(path: str) -> str:
+    name = path.lower()
+    return "parquet" if name.endswith((".parquet", ".pq")) else "jsonl"
+
+
+def read_records(path: str, kind: str, columns: dict | None = None):
+    """Yield (kind, source, record number, payload) per record of a JSONL or Parquet file.
+
+    The payload is the line's bytes (JSONL; decoded by ``parse_record``) or a dict (Parquet,
+    only the mapped columns read). Record numbers are 1-based line or row numbers.
+    """
+    if input_format(path) == "parquet":
+        import pyarrow.parquet as pq
+        names = [(columns or {}).get(k, k) for k in FIELDS[kind]]
+        with fsspec.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            present = [n for n in names if n in pf.schema_arrow.names]
+            n = 0
+            for batch in pf.iter_batches(batch_size=PARQUET_BATCH, columns=present):
+                for row in batch.to_pylist():
+                    n += 1
+                    yield kind, path, n, row
+        return
     with fsspec.open(path, "rb", compression="infer") as f:
         for n, line in enumerate(f, start=1):
             if line.strip():
-                yield view, path, n, line
+                yield kind, path, n, line
 
 
-def parse_line(view: str, source: str, line_no: int, data: bytes) -> Record | dict:
-    """Decode and check one JSONL line; return a Record or a reject."""
-    echo = data.decode("utf-8", errors="replace").rstrip("\n")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return reject(source, line_no, view, "invalid_utf8", str(e), record=echo)
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        return reject(source, line_no, view, "malformed_json", str(e), record=echo)
-    if not isinstance(obj, dict):
-        return reject(source, line_no, view, "not_an_object",
-                      f"expected a JSON object, got {type(obj).__name__}", record=echo)
+def parse_record(kind: str, source: str, line_no: int, data, columns: dict | None = None
+                 ) -> Record | dict:
+    """Decode and check one record; return a Record or a reject."""
+    view = "simplified" if kind == "simplified" else "raw"
+    if isinstance(data, dict):
+        obj, echo = data, str(data)
+    else:
+        echo = data.decode("utf-8", errors="replace").rstrip("\n")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return reject(source, line_no, view, "invalid_utf8", str(e), record=echo)
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            return reject(source, line_no, view, "malformed_json", str(e), record=echo)
+        if not isinstance(obj, dict):
+            return reject(source, line_no, view, "not_an_object",
+                          f"expected a JSON object, got {type(obj).__name__}", record=echo)
+    if columns:
+        inverse = {src: ours for ours, src in columns.items()}
+        obj = {inverse.get(k, k): v for k, v in obj.items()}
     rid = obj.get("id") if isinstance(obj.get("id"), str) else None
-    want = FIELDS[view]
+    want = FIELDS[kind]
     missing = [k for k in want if k not in obj]
     extra = sorted(set(obj) - set(want))
     if missing or extra:
@@ -77,6 +113,8 @@ def parse_line(view: str, source: str, line_no: int, data: bytes) -> Record | di
     for k in want:
         if not obj[k].strip():
             return reject(source, line_no, view, "empty_field", f"field {k!r} is empty", rid, echo)
+    if kind == "text":
+        return Record(view, source, line_no, obj["id"], "", obj["text"])
     return Record(view, source, line_no, obj["id"], obj["prompt"], obj.get("response"))
 
 

@@ -7,6 +7,7 @@ passes when summaries are on, one when they are off (``hidden_layers=()``).
 
 One ``VllmTeacher`` per process (``get_teacher``), shared by every DoFn instance and test in it.
 """
+import copy
 import dataclasses
 import json
 import os
@@ -130,15 +131,32 @@ _TEACHERS_LOCK = threading.Lock()
 
 
 def get_teacher(cfg: TeacherConfig) -> VllmTeacher:
-    """The process-wide engine for ``cfg`` (started once, shared by every caller)."""
+    """The process-wide engine for ``cfg`` (started once, shared by every caller).
+
+    A running engine serves any smaller k too: configs differing only in ``top_k`` share it.
+    """
+    from vllm import SamplingParams
     with _TEACHERS_LOCK:
         if cfg not in _TEACHERS:
-            _TEACHERS[cfg] = VllmTeacher(cfg)
+            for other, teacher in list(_TEACHERS.items()):
+                if (dataclasses.replace(other, top_k=cfg.top_k) == cfg
+                        and teacher.llm is not None and other.top_k >= cfg.top_k):
+                    view = copy.copy(teacher)
+                    view.cfg = cfg
+                    view.params = SamplingParams(max_tokens=1, prompt_logprobs=cfg.top_k,
+                                                 detokenize=False, flat_logprobs=True)
+                    _TEACHERS[cfg] = view
+                    break
+            else:
+                _TEACHERS[cfg] = VllmTeacher(cfg)
         return _TEACHERS[cfg]
 
 
 def shutdown_all() -> None:
-    with _TEACHERS_LOCK:
+    with _TEACHERS_LOCK:  # views share engines: shut each engine down once
+        engines = {id(e): e for t in _TEACHERS.values() for e in (t.llm, t.pool) if e is not None}
+        for engine in engines.values():
+            engine.llm_engine.engine_core.shutdown()
         for teacher in _TEACHERS.values():
-            teacher.shutdown()
+            teacher.llm = teacher.pool = None
         _TEACHERS.clear()

@@ -20,7 +20,14 @@ def load_tokenizer(model_dir: str, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
 
 
-def prompt_ids(tok, prompt: str) -> list[int]:
+def prompt_ids(tok, prompt: str, chat: bool = False) -> list[int]:
+    """BOS + prompt tokens; with ``chat``, the tokenizer's chat template around a user turn."""
+    if chat:
+        if not tok.chat_template:
+            raise ValueError("--chat-template asked for, but the tokenizer has no chat template")
+        out = tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                      add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
     ids = tok.encode(prompt, add_special_tokens=False)
     return ([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids
 
@@ -30,13 +37,17 @@ def response_ids(tok, response: str) -> list[int]:
     return ids + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
 
 
-def tokenize_example(tok, ex: Example, max_len: int,
-                     truncate: bool = False) -> list[Tokenized | dict]:
+def tokenize_example(tok, ex: Example, max_len: int, truncate: bool = False,
+                     chat: bool = False) -> list[Tokenized | dict]:
     """Tokenise one example. A sequence over ``max_len`` rejects the example (both views), or
-    with ``truncate`` keeps the first tokens of the response that fit behind the longer prompt."""
+    with ``truncate`` keeps the first tokens of the response that fit behind the longer prompt.
+    Plain-text examples (empty prompt) label every position after the first."""
     resp = response_ids(tok, ex.response)
-    raw_p = prompt_ids(tok, ex.prompt)
-    simp_p = prompt_ids(tok, ex.simplified_prompt) if ex.simplified_prompt is not None else None
+    raw_p = prompt_ids(tok, ex.prompt, chat and bool(ex.prompt))
+    if not raw_p:  # plain text without a BOS token: the first text token is the context
+        raw_p, resp = resp[:1], resp[1:]
+    simp_p = (prompt_ids(tok, ex.simplified_prompt, chat) if ex.simplified_prompt is not None
+              else None)
     longest = len(resp) + max(len(raw_p), len(simp_p or []))
     room = max_len - max(len(raw_p), len(simp_p or []))
     if longest > max_len and truncate and room >= 1:

@@ -8,7 +8,7 @@ from pipeline import records
 
 def parse(obj_or_bytes, view="raw"):
     data = obj_or_bytes if isinstance(obj_or_bytes, bytes) else json.dumps(obj_or_bytes).encode()
-    return records.parse_line(view, "f.jsonl", 3, data)
+    return records.parse_record(view, "f.jsonl", 3, data)
 
 
 def test_good_raw_and_simplified():
@@ -50,8 +50,31 @@ def test_pair_duplicates_and_orphans():
     assert [o["reason"] for o in orphan] == ["no_raw_partner"]
 
 
-def test_read_lines_skips_blank_lines_and_counts_from_one(tmp_path):
+def test_read_records_skips_blank_lines_and_counts_from_one(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_bytes(b'{"a":1}\n\n{"b":2}\n')
-    got = list(records.read_lines(str(p), "raw"))
+    got = list(records.read_records(str(p), "raw"))
     assert [(g[2], g[3].strip()) for g in got] == [(1, b'{"a":1}'), (3, b'{"b":2}')]
+
+
+def test_column_mapping_and_text_records():
+    r = records.parse_record("raw", "f", 1, b'{"uid": "a", "q": "p", "a": "r"}',
+                             {"id": "uid", "prompt": "q", "response": "a"})
+    assert isinstance(r, records.Record) and (r.id, r.prompt, r.response) == ("a", "p", "r")
+    t = records.parse_record("text", "f", 1, {"id": "t1", "text": "hello"})
+    assert isinstance(t, records.Record) and (t.prompt, t.response) == ("", "hello")
+    bad = records.parse_record("text", "f", 2, {"id": "t2", "text": None})
+    assert bad["reason"] == "wrong_type"
+
+
+def test_parquet_input_reads_only_mapped_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    path = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"uid": ["a", "b"], "question": ["p1", "p2"],
+                             "answer": ["r1", None], "other": [1, 2]}), path)
+    cols = {"id": "uid", "prompt": "question", "response": "answer"}
+    got = [records.parse_record(*rec, columns=cols)
+           for rec in records.read_records(path, "raw", cols)]
+    assert isinstance(got[0], records.Record) and got[0].response == "r1"
+    assert got[1]["reason"] == "wrong_type" and got[1]["line"] == 2

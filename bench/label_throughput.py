@@ -1,0 +1,148 @@
+"""Labelling throughput against the engine's ceiling, on the same teacher and tokens.
+
+    python bench/label_throughput.py [--teacher demo|wide|DIR] [--k 8,20,64,128]
+                                     [--seqs 64] [--len 200]
+
+(a) ceiling: the pooling runner's final hidden states for every position, then one LM-head
+    matmul + log-softmax + top-k in torch, timed together;
+(b) vLLM prefill with no logprobs (reference only: skips the LM head but for the last position);
+(c) vLLM prompt logprobs, flat, for each k (what `kd label` uses);
+(d) transformers batched forward + log-softmax + top-k;
+(e) `kd label` end to end (Beam, reading, tokenising, writing shards), with the engine already
+    started, and the engine start itself.
+"wide" is a random Llama (vocab 32k, hidden 1024, 4 layers, head_dim 64) made on the fly.
+Prints JSON lines; docs/BENCHMARKS.md records them with the machine they ran on.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def wide_model(path: str) -> str:
+    from transformers import LlamaConfig, LlamaForCausalLM
+    import shutil
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816,
+                      num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=16,
+                      head_dim=64, max_position_embeddings=512, tie_word_embeddings=False,
+                      bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # ids < 80 tokenise; fine for timing
+        shutil.copy(os.path.join(ROOT, "demo", "teacher", name), path)
+    return path
+
+
+def timed(fn, repeat=2):
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--teacher", default="demo")
+    ap.add_argument("--k", default="8,20,64,128")
+    ap.add_argument("--seqs", type=int, default=64)
+    ap.add_argument("--len", type=int, default=200)
+    args = ap.parse_args()
+    ks = [int(k) for k in args.k.split(",")]
+    tmp = tempfile.mkdtemp()
+    teacher_dir = {"demo": os.path.join(ROOT, "demo", "teacher"),
+                   "wide": None}.get(args.teacher, args.teacher)
+    if args.teacher == "wide":
+        teacher_dir = wide_model(os.path.join(tmp, "wide"))
+    from pipeline.teacher import TeacherConfig, get_teacher, model_config, shutdown_all
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+    mcfg = model_config(teacher_dir)
+    vocab, n_layers = int(mcfg["vocab_size"]), int(mcfg["num_hidden_layers"])
+    rng = np.random.default_rng(0)
+    seqs = [[1] + rng.integers(4, min(vocab, 80), args.len - 1).tolist() for _ in range(args.seqs)]
+    n_tok = sum(len(s) for s in seqs)
+    base = dict(machine=f"{os.cpu_count()} CPU cores", teacher=args.teacher, vocab=vocab,
+                layers=n_layers, hidden=int(mcfg["hidden_size"]), tokens=n_tok)
+    t0 = time.perf_counter()
+    teacher = get_teacher(TeacherConfig(model_dir=teacher_dir, top_k=max(ks),
+                                        hidden_layers=(n_layers,), enforce_eager=True,
+                                        kv_cache_gb=1.0))
+    start_s = time.perf_counter() - t0
+    prompts = [TokensPrompt(prompt_token_ids=s) for s in seqs]
+    lm_head = torch.nn.Linear(int(mcfg["hidden_size"]), vocab, bias=False)
+    from safetensors.torch import load_file
+    weights = {}
+    for f in os.listdir(teacher_dir):
+        if f.endswith(".safetensors"):
+            weights.update(load_file(os.path.join(teacher_dir, f)))
+    head = weights.get("lm_head.weight", weights.get("model.embed_tokens.weight"))  # tied
+    lm_head.weight.data = head.to(getattr(torch, teacher.dtype))
+
+    def ceiling():
+        outs = teacher.pool.encode(prompts, pooling_task="token_embed", use_tqdm=False)
+        with torch.no_grad():
+            for o in outs:
+                h = o.outputs.data.to(lm_head.weight.dtype)
+                torch.log_softmax(lm_head(h).float(), -1).topk(max(ks), dim=-1)
+    a = timed(ceiling)
+    results = [{"bench": "a_ceiling_pool_lmhead_topk", "k": max(ks), "tok_s": n_tok / a}]
+    b = timed(lambda: teacher.llm.generate(prompts, SamplingParams(max_tokens=1, detokenize=False),
+                                           use_tqdm=False))
+    results.append({"bench": "b_prefill_no_logprobs", "tok_s": n_tok / b})
+    for k in ks:
+        sp = SamplingParams(max_tokens=1, prompt_logprobs=k, detokenize=False, flat_logprobs=True)
+        c = timed(lambda: teacher.llm.generate(prompts, sp, use_tqdm=False))
+        results.append({"bench": "c_prompt_logprobs_flat", "k": k, "tok_s": n_tok / c,
+                        "vs_ceiling": a / c})
+    from transformers import AutoModelForCausalLM
+    hf = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=lm_head.weight.dtype).eval()
+
+    def hf_run():
+        with torch.no_grad():
+            for i in range(0, len(seqs), 8):
+                logits = hf(torch.tensor(seqs[i:i + 8])).logits
+                torch.log_softmax(logits.float(), -1).topk(max(ks), dim=-1)
+    d = timed(hf_run, repeat=1)
+    results.append({"bench": "d_transformers_topk", "k": max(ks), "tok_s": n_tok / d,
+                    "vs_ceiling": a / d})
+    from pipeline import job
+    raw = os.path.join(tmp, "raw.jsonl")
+    with open(raw, "w") as f:  # text records whose tokens number about --len each
+        for i in range(args.seqs):
+            f.write(json.dumps({"id": f"b{i}", "text": "".join(
+                rng.choice(list("abcdefghij klmnop")) for _ in range(args.len - 2))}) + "\n")
+    starts = {(n_layers,): start_s}  # engine start: the first engine was started above
+    for hidden in ((n_layers,), ()):
+        for k in sorted(ks, reverse=True):  # the first engine serves the smaller k too
+            cfg = TeacherConfig(model_dir=teacher_dir, top_k=k, hidden_layers=hidden,
+                                enforce_eager=True, kv_cache_gb=1.0)
+            t0 = time.perf_counter()
+            get_teacher(cfg)
+            starts.setdefault(hidden, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            s = job.run(job.LabelJob(cfg, raw, os.path.join(tmp, f"labels-{k}-{len(hidden)}"),
+                                     mode="text", shard_rows=args.seqs), [])
+            e = time.perf_counter() - t0
+            tokens = s["tokens_labelled"] + s["rows_labelled"]  # + each row's first position
+            results.append({"bench": "e_kd_label_end_to_end", "k": k, "tok_s": tokens / e,
+                            "tok_s_with_engine_start": tokens / (e + starts[hidden]),
+                            "vs_ceiling": (tokens / e) / (n_tok / a),
+                            "engine_start_s": starts[hidden], "hidden_summaries": bool(hidden)})
+    shutdown_all()
+    for r in results:
+        print(json.dumps({**base, **r}))
+
+
+if __name__ == "__main__":
+    main()

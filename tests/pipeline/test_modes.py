@@ -1,0 +1,58 @@
+"""Plain text mode, Parquet input with a column mapping, chat templates."""
+import json
+import shutil
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from transformers import AutoModelForCausalLM
+
+from pipeline import job
+from pipeline.records import Example
+from pipeline.tokenize import load_tokenizer, tokenize_example
+from schemas import load_manifest
+
+
+def test_text_mode_from_parquet_in_memory(teacher, teacher_config, teacher_dir, tmp_path):
+    texts = ["Copy the word: abc = abc", "Reverse the letters: xyz = zyx", "", "sort dcba"]
+    table = pa.table({"doc": ["d1", "d2", "d3", "d4"], "body": texts})
+    with fsspec.open("memory://kd-modes/in.parquet", "wb") as f:
+        pq.write_table(table, f)
+    out = str(tmp_path / "labels")
+    s = job.run(job.LabelJob(teacher_config, "memory://kd-modes/in.parquet", out, mode="text",
+                             columns=(("id", "doc"), ("text", "body"))), [])
+    assert (s["rows_in"], s["rows_labelled"], s["rows_rejected"]) == (4, 3, 1)
+    assert s["rejects_by_reason"] == {"empty_field": 1}
+    m = load_manifest(out)
+    assert m.label_config["mode"] == "text"
+    rows = [r for sh in m.shards for r in pq.read_table(f"{out}/{sh.path}").to_pylist()]
+    hf = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
+    for r in rows:
+        assert r["view"] == "raw" and r["label_start"] == 1
+        assert len(r["topk_ids"]) == len(r["input_ids"]) - 1  # every position after the first
+        with torch.no_grad():
+            ref = torch.log_softmax(hf(torch.tensor([r["input_ids"]])).logits[0], -1)
+        want = ref[torch.arange(len(r["input_ids"]) - 1), torch.tensor(r["input_ids"][1:])]
+        np.testing.assert_allclose(r["target_logprob"], want.numpy(), atol=1e-4)
+
+
+def test_chat_template_wraps_prompts(teacher_dir, tmp_path):
+    d = tmp_path / "chat"
+    shutil.copytree(teacher_dir, d)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = ("{{ bos_token }}{% for m in messages %}User: {{ m['content'] }}\n"
+                            "{% endfor %}{% if add_generation_prompt %}Bot:{% endif %}")
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok = load_tokenizer(str(d))
+    ex = Example("a", "cp abc", " abc", "cp abc", ("f", 1), ("g", 1))
+    (t,) = tokenize_example(tok, ex, 256, chat=True)
+    assert tok.decode(t.raw_ids[:t.raw_start]) == "<s>User: cp abc\nBot:"
+    assert tok.decode(t.raw_ids[t.raw_start:]) == " abc</s>"
+    plain = load_tokenizer(teacher_dir)
+    try:
+        tokenize_example(plain, ex, 256, chat=True)
+        raise AssertionError("a tokenizer without a chat template must be refused")
+    except ValueError as e:
+        assert "chat template" in str(e)
