@@ -69,6 +69,7 @@ def main() -> None:
     from vllm.inputs import TokensPrompt
     mcfg = model_config(teacher_dir)
     vocab, n_layers = int(mcfg["vocab_size"]), int(mcfg["num_hidden_layers"])
+    ks = [k for k in ks if k < vocab]  # the demo's vocabulary has 80 tokens
     rng = np.random.default_rng(0)
     seqs = [[1] + rng.integers(4, min(vocab, 80), args.len - 1).tolist() for _ in range(args.seqs)]
     n_tok = sum(len(s) for s in seqs)

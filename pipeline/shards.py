@@ -75,9 +75,26 @@ def commit_bytes(out_dir: str, rel_path: str, data: bytes) -> None:
     fs.mv(tmp, final)
 
 
+def row_group_bounds(ids: list[str], target: int = ROW_GROUP_ROWS) -> list[int]:
+    """Row-group end offsets of about ``target`` rows that never split one example's rows."""
+    ends, start = [], 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or (i - start >= target and ids[i] != ids[i - 1]):
+            ends.append(i)
+            start = i
+    return ends
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+    if "example_id" not in table.column_names:  # rejects: plain row groups
+        pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+        return buf.getvalue()
+    with pq.ParquetWriter(buf, table.schema, compression="zstd") as writer:
+        start = 0
+        for end in row_group_bounds(table["example_id"].to_pylist()):
+            writer.write_table(table.slice(start, end - start), row_group_size=end - start)
+            start = end
     return buf.getvalue()
 
 

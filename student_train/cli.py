@@ -36,6 +36,9 @@ def add_parsers(sub) -> None:
     tr.add_argument("--hidden-weight", type=float, help="weight of the hidden-state loss (0 = off)")
     tr.add_argument("--hidden-loss", choices=["mse", "cosine"])
     tr.add_argument("--views", help="comma-separated views to train on (raw,simplified)")
+    tr.add_argument("--simplified-ratio", type=float,
+                    help="mix views by ratio: each example trains on its simplified row with "
+                         "this probability, else on its raw row (overrides --views)")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--save-every", type=int, help="checkpoint every M steps (0 = never)")
     tr.add_argument("--resume", action="store_const", const=True,

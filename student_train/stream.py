@@ -8,6 +8,7 @@ and decoded column-wise with numpy.
 """
 import dataclasses
 import functools
+import hashlib
 import os
 import time
 
@@ -26,6 +27,7 @@ from schemas.manifest import read_commits
 class ShardArrays:
     """One shard decoded to flat numpy arrays (no per-row Python objects)."""
     view: np.ndarray          # (R,) object
+    example_id: np.ndarray    # (R,) object
     ids: np.ndarray           # flat input ids
     ids_off: np.ndarray       # (R+1,)
     label_start: np.ndarray   # (R,)
@@ -45,7 +47,8 @@ def decode_table(table: pa.Table, k: int, hidden_layers: list[int]) -> ShardArra
     tl = pc.list_flatten(pc.list_flatten(table["topk_logprobs"])).to_numpy().reshape(-1, k)
     hidden = {layer: pc.list_flatten(table[hidden_column(layer)]).to_numpy()
               .reshape(table.num_rows, -1) for layer in hidden_layers}
-    return ShardArrays(table["view"].to_numpy(zero_copy_only=False), flat_ids,
+    return ShardArrays(table["view"].to_numpy(zero_copy_only=False),
+                       table["example_id"].to_numpy(zero_copy_only=False), flat_ids,
                        _offsets(table["input_ids"]), table["label_start"].to_numpy(),
                        tk, tl, _offsets(table["topk_ids"]), hidden)
 
@@ -56,10 +59,11 @@ class LabelSet:
 
     def __init__(self, path: str, views: tuple[str, ...] = ("raw", "simplified"),
                  verify: bool = True, follow: bool = False, poll: float = 2.0,
-                 timeout: float = 3600.0):
+                 timeout: float = 3600.0, simplified_ratio: float | None = None):
         self.path = path.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.path)
         self.views, self.verify, self.poll = views, verify, poll
+        self.simplified_ratio = simplified_ratio
         self.shards: list[ShardInfo] = []
         self.final = False
         self.label_config: dict | None = None
@@ -121,7 +125,23 @@ class LabelSet:
         return pq.ParquetFile(self.fs.open(path, "rb"))
 
     def _select(self, arrays: ShardArrays) -> np.ndarray:
-        return np.flatnonzero(np.isin(arrays.view, self.views))
+        """Rows to train on: the selected views, or one view per example by ``simplified_ratio``.
+
+        With a ratio r, an example with both views contributes its simplified row with
+        probability r and its raw row otherwise (a fixed choice per example: a hash of its id);
+        an example without a simplified row contributes its raw row. Shards never split an
+        example's rows across row groups, so both are seen together here.
+        """
+        if self.simplified_ratio is None:
+            return np.flatnonzero(np.isin(arrays.view, self.views))
+        is_simp = arrays.view == "simplified"
+        has_simp = set(arrays.example_id[is_simp])
+        u = np.array([int(hashlib.sha256(i.encode()).hexdigest()[:8], 16) / 2**32
+                      for i in arrays.example_id])
+        pick_simp = u < self.simplified_ratio
+        paired = np.array([i in has_simp for i in arrays.example_id], dtype=bool)
+        keep = np.where(is_simp, pick_simp, ~(paired & pick_simp))
+        return np.flatnonzero(keep)
 
     def shard(self, i: int) -> tuple[ShardArrays, np.ndarray]:
         """Shard i decoded whole, and the indices of its rows in the selected views."""

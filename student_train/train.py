@@ -41,6 +41,7 @@ class TrainConfig:
     hidden_loss: str = "mse"      # mse | cosine
     layer_map: dict | None = None  # student layer -> teacher layer; None = uniform
     views: tuple[str, ...] = ("raw", "simplified")
+    simplified_ratio: float | None = None  # one view per example: simplified with this chance
     seed: int = 0
     save_every: int = 0
     resume: bool = False
@@ -146,7 +147,8 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 def train(cfg: TrainConfig) -> dict:
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed)
-    ls = LabelSet(cfg.labels, views=cfg.views, follow=cfg.follow, poll=cfg.poll_seconds)
+    ls = LabelSet(cfg.labels, views=cfg.views, follow=cfg.follow, poll=cfg.poll_seconds,
+                  simplified_ratio=cfg.simplified_ratio)
     sync = broadcast_from_rank0 if world > 1 else None
     if sync:
         ls.shards = sync(ls.shards)
