@@ -43,6 +43,8 @@ def add_parser(sub) -> None:
                     help="extra vLLM engine argument, e.g. tensor_parallel_size=2 (repeatable)")
     ap.add_argument("--trust-remote-code", action="store_true")
     ap.add_argument("--summary-json", help="write the run summary (counts) to this file")
+    ap.add_argument("--no-progress", dest="progress", action="store_false",
+                    help="no progress bar (shards, rows, tokens/s, ETA)")
     ap.set_defaults(func=main)
 
 
@@ -75,7 +77,8 @@ def main(args, beam_args: list[str]) -> int:
         columns = tuple(tuple(kv.split("=", 1)) for kv in args.columns.split(",") if kv)
         summary = job.run(job.LabelJob(cfg, args.input, args.out, args.simplified,
                                        args.shard_rows, args.too_long == "truncate", args.mode,
-                                       columns, args.chat_template), beam_args)
+                                       columns, args.chat_template), beam_args,
+                          progress=args.progress)
     finally:
         shutdown_all()
     summary["seconds"] = round(time.time() - t0, 2)

@@ -10,6 +10,8 @@ import collections
 import dataclasses
 import json
 import logging
+import math
+import threading
 import time
 
 import apache_beam as beam
@@ -168,7 +170,55 @@ def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict,
                                    beam.pvalue.AsSingleton(rows_in), job.out, header))
 
 
-def run(job: LabelJob, beam_args: list[str]) -> dict:
+class Progress:
+    """A progress bar fed by the job's commit records (shards, rows, tokens/s, ETA), polled from
+    the driver while the pipeline runs; the total is the input's record count / shard_rows."""
+
+    def __init__(self, job: LabelJob, key: str, enabled: bool = True, every: float = 1.0):
+        self.job, self.key, self.enabled, self.every = job, key, enabled, every
+        self.stop = threading.Event()
+
+    def __enter__(self):
+        if self.enabled:
+            self.thread = threading.Thread(target=self.loop, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.enabled:
+            self.thread.join()
+
+    def loop(self):
+        from tqdm import tqdm
+        total = math.ceil(count_records(self.job.input) / self.job.shard_rows)
+        before = {r["shard"]["path"] for r in read_commits(self.job.out)
+                  if r["cache_key"] == self.key}
+        bar = tqdm(total=total, desc="label", unit="shard", dynamic_ncols=True,
+                   mininterval=self.every)
+        while not self.stop.wait(self.every):
+            new = [r["shard"] for r in read_commits(self.job.out)
+                   if r["cache_key"] == self.key and r["shard"]["path"] not in before]
+            bar.n = len(new)
+            elapsed = bar.format_dict["elapsed"] or 1e-9
+            bar.set_postfix(rows=sum(s["rows"] for s in new),
+                            tok_s=f"{sum(s['tokens'] for s in new) / elapsed:.0f}", refresh=False)
+            bar.refresh()
+        bar.close()
+
+
+def count_records(path: str) -> int:
+    """Records in an input file (JSONL lines or Parquet rows), read cheaply."""
+    import fsspec
+    if records.input_format(path) == "parquet":
+        import pyarrow.parquet as pq
+        with fsspec.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    with fsspec.open(path, "rb", compression="infer") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
+
+
+def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
     """Run the job; return the summary (counts, shards, rejects by reason)."""
     cfg = job.teacher
     mcfg = model_config(cfg.model_dir)
@@ -195,8 +245,9 @@ def run(job: LabelJob, beam_args: list[str]) -> dict:
     existing = committed_shards(job.out, key)
     if not any(a.startswith("--runner") for a in beam_args):
         beam_args = ["--runner=FnApiRunner", *beam_args]
-    with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
-        build(p, job, header, metadata, existing)
+    with Progress(job, key, enabled=progress):
+        with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+            build(p, job, header, metadata, existing)
     manifest = load_manifest(job.out)
     return summarize(job.out, manifest)
 

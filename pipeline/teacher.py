@@ -1,11 +1,15 @@
 """The teacher engine: vLLM in-process, score mode (teacher forcing over given tokens).
 
-Top-k comes from the engine's prompt logprobs, returned flat (no per-position dicts, no
-detokenising). The final-layer hidden summary comes from a second, pooling-runner engine over the
-same tokens (vLLM's CPU path has no way to return hidden states from the generate runner): two
-passes when summaries are on, one when they are off (``hidden_layers=()``).
+One pass per chunk: the engine's pooling runner returns the final hidden states for every
+position (``token_embed``, no activation); the LM head (loaded from the checkpoint) turns those at
+the labelled positions into logits, then log-softmax and top-k run as tensor ops, on the GPU when
+there is one. The same states give the final-layer summary. Measured against the engine's
+flat prompt logprobs (which need a second pass for summaries and whose host cost grows with k),
+see docs/BENCHMARKS.md. The head follows the transformers definition: ``lm_head`` (or the tied
+input embedding), times ``logit_scale`` and through ``final_logit_softcapping`` where the config
+has them; the oracle tests compare it with transformers on the same tokens.
 
-One ``VllmTeacher`` per process (``get_teacher``), shared by every DoFn instance and test in it.
+One engine per process (``get_teacher``), shared by every DoFn instance and test in it.
 """
 import copy
 import dataclasses
@@ -56,9 +60,25 @@ class Labels:
     hidden: dict                 # layer -> (d,) float32 mean over the response span
 
 
+def load_lm_head(model_dir: str, mcfg: dict) -> "torch.Tensor":  # noqa: F821
+    """The output projection (V, d) from the checkpoint's safetensors files."""
+    from safetensors import safe_open
+    names = ["lm_head.weight"]
+    if mcfg.get("tie_word_embeddings"):
+        names = ["model.embed_tokens.weight", "lm_head.weight"]
+    files = sorted(f for f in os.listdir(model_dir) if f.endswith(".safetensors"))
+    for name in names:
+        for f in files:
+            with safe_open(os.path.join(model_dir, f), framework="pt") as st:
+                if name in st.keys():
+                    return st.get_tensor(name)
+    raise ValueError(f"no LM head ({' or '.join(names)}) in {model_dir}")
+
+
 class VllmTeacher:
     def __init__(self, cfg: TeacherConfig):
-        from vllm import LLM, SamplingParams
+        import torch
+        from vllm import LLM
         from vllm.config import PoolerConfig
 
         mcfg = model_config(cfg.model_dir)
@@ -70,60 +90,56 @@ class VllmTeacher:
         if bad:
             raise ValueError(f"hidden layers {bad}: only the final layer ({self.num_layers}) is "
                              "available from the vLLM engine")
-        common = dict(model=cfg.model_dir, dtype=self.dtype, max_model_len=self.max_len,
-                      enable_prefix_caching=False, seed=0, enforce_eager=cfg.enforce_eager,
-                      trust_remote_code=cfg.trust_remote_code,
-                      kv_cache_memory_bytes=int(cfg.kv_cache_gb * 2**30), **dict(cfg.engine_args))
-        self.lock = threading.Lock()  # LLM.generate is not thread-safe
-        self.llm = LLM(max_logprobs=max(cfg.top_k, 20), **common)
-        self.params = SamplingParams(max_tokens=1, prompt_logprobs=cfg.top_k, detokenize=False,
-                                     flat_logprobs=True)
-        self.pool = None
-        if cfg.hidden_layers:
-            self.pool = LLM(runner="pooling", convert="embed",
-                            pooler_config=PoolerConfig(task="token_embed", use_activation=False),
-                            **common)
+        self.lock = threading.Lock()  # one request batch at a time per engine
+        self.pool = LLM(model=cfg.model_dir, dtype=self.dtype, max_model_len=self.max_len,
+                        enable_prefix_caching=False, seed=0, enforce_eager=cfg.enforce_eager,
+                        trust_remote_code=cfg.trust_remote_code,
+                        kv_cache_memory_bytes=int(cfg.kv_cache_gb * 2**30),
+                        runner="pooling", convert="embed",
+                        pooler_config=PoolerConfig(task="token_embed", use_activation=False),
+                        **dict(cfg.engine_args))
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.head = load_lm_head(cfg.model_dir, mcfg).to(self.device, getattr(torch, self.dtype))
+        self.logit_scale = mcfg.get("logit_scale")
+        self.softcap = mcfg.get("final_logit_softcapping")
+
+    def logprobs(self, states):
+        """(n, d) final hidden states -> (n, V) fp32 log-probabilities at temperature 1."""
+        import torch
+        logits = (states.to(self.device, self.head.dtype) @ self.head.T).float()
+        if self.logit_scale:
+            logits = logits * self.logit_scale
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return torch.log_softmax(logits, dim=-1)
 
     def label(self, seqs: list[list[int]], starts: list[int]) -> list[Labels]:
+        import torch
         from vllm.inputs import TokensPrompt
         prompts = [TokensPrompt(prompt_token_ids=s) for s in seqs]
         with self.lock:
-            outs = self.llm.generate(prompts, self.params, use_tqdm=False)
-            pooled = (self.pool.encode(prompts, pooling_task="token_embed", use_tqdm=False)
-                      if self.pool else [None] * len(seqs))
+            outs = self.pool.encode(prompts, pooling_task="token_embed", use_tqdm=False)
         k = self.cfg.top_k
         result = []
-        for seq, start, out, pool_out in zip(seqs, starts, outs, pooled):
-            ids, lps = flat_to_arrays(out.prompt_logprobs, len(seq), k)
-            span = slice(start - 1, len(seq) - 1)  # entry p-1 is the distribution of token p
-            hidden = {}
-            if pool_out is not None:
-                states = pool_out.outputs.data.float().numpy()
-                mean = states[start:len(seq)].mean(axis=0).astype(np.float32)
-                hidden = {layer: mean for layer in self.cfg.hidden_layers}
-            result.append(Labels(ids[span, 1:], lps[span, 1:], lps[span, 0], hidden))
+        with torch.no_grad():
+            for seq, start, out in zip(seqs, starts, outs):
+                states = out.outputs.data  # (n, d): position p's state predicts token p + 1
+                lp = self.logprobs(states[start - 1:len(seq) - 1])
+                top = lp.topk(k, dim=-1)
+                target = lp.gather(1, torch.tensor(seq[start:], device=lp.device)[:, None])[:, 0]
+                hidden = {}
+                if self.cfg.hidden_layers:
+                    mean = states[start:len(seq)].float().mean(0).cpu().numpy()
+                    hidden = {layer: mean for layer in self.cfg.hidden_layers}
+                result.append(Labels(top.indices.int().cpu().numpy(),
+                                     top.values.cpu().numpy().astype(np.float32),
+                                     target.cpu().numpy().astype(np.float32), hidden))
         return result
 
     def shutdown(self) -> None:
-        for engine in (self.llm, self.pool):
-            if engine is not None:
-                engine.llm_engine.engine_core.shutdown()
-        self.llm = self.pool = None
-
-
-def flat_to_arrays(flat, n_tokens: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """vLLM FlatLogprobs -> (n_tokens - 1, k + 1) arrays for positions 1..n-1.
-
-    Per position the engine returns the actual token first (with its true rank), then the top k
-    (ranks 1..k); the actual token appears twice when it is in the top k.
-    """
-    ids = np.asarray(flat.token_ids, dtype=np.int32)
-    lps = np.asarray(flat.logprobs, dtype=np.float32)
-    width = k + 1
-    if ids.size != (n_tokens - 1) * width:
-        raise RuntimeError(f"engine returned {ids.size} logprob entries for {n_tokens} tokens, "
-                           f"expected {(n_tokens - 1) * width}")
-    return ids.reshape(-1, width), lps.reshape(-1, width)
+        if self.pool is not None:
+            self.pool.llm_engine.engine_core.shutdown()
+        self.pool = None
 
 
 _TEACHERS: dict = {}
@@ -133,18 +149,16 @@ _TEACHERS_LOCK = threading.Lock()
 def get_teacher(cfg: TeacherConfig) -> VllmTeacher:
     """The process-wide engine for ``cfg`` (started once, shared by every caller).
 
-    A running engine serves any smaller k too: configs differing only in ``top_k`` share it.
+    Configs differing only in ``top_k`` or ``hidden_layers`` share one engine.
     """
-    from vllm import SamplingParams
     with _TEACHERS_LOCK:
         if cfg not in _TEACHERS:
             for other, teacher in list(_TEACHERS.items()):
-                if (dataclasses.replace(other, top_k=cfg.top_k) == cfg
-                        and teacher.llm is not None and other.top_k >= cfg.top_k):
+                same_engine = dataclasses.replace(other, top_k=cfg.top_k,
+                                                  hidden_layers=cfg.hidden_layers) == cfg
+                if same_engine and teacher.pool is not None:
                     view = copy.copy(teacher)
                     view.cfg = cfg
-                    view.params = SamplingParams(max_tokens=1, prompt_logprobs=cfg.top_k,
-                                                 detokenize=False, flat_logprobs=True)
                     _TEACHERS[cfg] = view
                     break
             else:
@@ -154,9 +168,9 @@ def get_teacher(cfg: TeacherConfig) -> VllmTeacher:
 
 def shutdown_all() -> None:
     with _TEACHERS_LOCK:  # views share engines: shut each engine down once
-        engines = {id(e): e for t in _TEACHERS.values() for e in (t.llm, t.pool) if e is not None}
+        engines = {id(t.pool): t.pool for t in _TEACHERS.values() if t.pool is not None}
         for engine in engines.values():
             engine.llm_engine.engine_core.shutdown()
         for teacher in _TEACHERS.values():
-            teacher.llm = teacher.pool = None
+            teacher.pool = None
         _TEACHERS.clear()

@@ -5,6 +5,7 @@ the same global batches and takes its own slice of each, so per-rank step counts
 equal; gradients are averaged with one flat all-reduce per optimiser step.
 """
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -190,11 +191,12 @@ def train(cfg: TrainConfig) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         opt.zero_grad(set_to_none=True)
-        parts, t_step, wait = [], time.perf_counter(), 0.0
+        parts, t_step, wait, digest = [], time.perf_counter(), 0.0, hashlib.sha256()
         for _ in range(cfg.grad_accum):
             t_wait = time.perf_counter()
             (epoch, index), batch = next(stream)
             wait += time.perf_counter() - t_wait
+            digest.update(batch.input_ids.numpy().tobytes())
             batch, denom = batch.to(device), None
             if world > 1:
                 count = torch.tensor(float(batch.targets.numel()), device=device)
@@ -207,7 +209,8 @@ def train(cfg: TrainConfig) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        last.update(step_s=time.perf_counter() - t_step, data_wait_s=wait)
+        last.update(step_s=time.perf_counter() - t_step, data_wait_s=wait,
+                    batch=digest.hexdigest()[:16])  # which rows this step saw
         bar.update(1)
         bar.set_postfix(loss=f"{last['loss']:.3f}", ce=f"{last['ce']:.3f}", refresh=False)
         if mf:
