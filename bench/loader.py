@@ -10,7 +10,6 @@ Results are printed as JSON lines; docs/BENCHMARKS.md records them with the mach
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile

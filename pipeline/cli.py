@@ -1,5 +1,4 @@
 """``kd label``: label a dataset with the teacher and write a label set."""
-import argparse
 import json
 import logging
 import sys

@@ -224,10 +224,10 @@ def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
     mcfg = model_config(cfg.model_dir)
     if job.mode == "text" and job.simplified:
         raise ValueError("plain text mode labels single texts: no simplified input")
-    label_config = {"mode": job.mode, "top_k": cfg.top_k,
-                    "chat_template": job.chat_template,
-                    "too_long": "truncate" if job.truncate else "reject", "hidden_layers": list(cfg.hidden_layers),
-                    "hidden_pooling": "mean_response", "dtype": cfg.dtype or checkpoint_dtype(mcfg),
+    label_config = {"mode": job.mode, "top_k": cfg.top_k, "chat_template": job.chat_template,
+                    "too_long": "truncate" if job.truncate else "reject",
+                    "hidden_layers": list(cfg.hidden_layers), "hidden_pooling": "mean_response",
+                    "dtype": cfg.dtype or checkpoint_dtype(mcfg),
                     "teacher_num_layers": int(mcfg["num_hidden_layers"]),
                     "hidden_size": int(mcfg["hidden_size"]),
                     "add_bos": True, "add_eos": True, "views": ["raw"] + (["simplified"]

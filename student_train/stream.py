@@ -3,8 +3,8 @@
 Order: per epoch, the shards are permuted (seeded by (seed, epoch)), read one Parquet row group
 at a time, and their rows pass through a seeded shuffle buffer; the sequence is cut into batches.
 A batch is therefore a pure function of (seed, shard order, epoch, batch index), which makes
-resume exact: the stream state is the shard order plus (epoch, batch index). Shards are verified against their recorded sha256 before use
-and decoded column-wise with numpy.
+resume exact: the stream state is the shard order plus (epoch, batch index). Shards are verified
+against their recorded sha256 before use and decoded column-wise with numpy.
 """
 import dataclasses
 import functools

@@ -7,7 +7,6 @@ import sys
 
 import fsspec
 import pyarrow.parquet as pq
-import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
