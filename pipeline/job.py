@@ -1,7 +1,7 @@
 """The labelling job as a short composition of named Beam transforms.
 
-    ReadRaw / ReadSimplified -> Parse -> JoinById -> Pair -> Tokenize -> Chunk -> Label+WriteShard
-                                                                  rejects -> WriteRejects
+    ReadRaw / ReadSimplified -> Parse -> JoinById -> Pair -> Tokenize -> Chunk -> LabelOrReuse
+                                 rejects of every step -> WriteRejects
                               -> WriteManifest (last: the commit)
 
 Per-element logic lives in records.py, tokenize.py, teacher.py and shards.py as plain functions.
@@ -20,8 +20,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import records, shards
 from pipeline.teacher import TeacherConfig, context_length, checkpoint_dtype, model_config
 from pipeline.tokenize import Tokenized, load_tokenizer, tokenize_example
-from schemas import (SCHEMA_VERSION, Manifest, cache_key, load_manifest, teacher_fingerprint,
-                     tokenizer_fingerprint, write_manifest)
+from schemas import (SCHEMA_VERSION, Manifest, ShardInfo, cache_key, load_manifest,
+                     teacher_fingerprint, tokenizer_fingerprint, write_manifest)
 from schemas.manifest import (clear_stale_commits, read_commits, strip_credentials,
                              write_commit)
 
@@ -118,7 +118,6 @@ def commit_manifest(shard_infos, rejects_info, rows_in, out, header):
               "shards_reused": len(reused), "rows_reused": sum(s["rows"] for s in reused)}
     if counts["rows_in"] != labelled + rejects_info["rows"]:
         raise RuntimeError(f"row accounting broken: {counts}")  # a bug, never bad input
-    from schemas import ShardInfo
     manifest = Manifest(shards=[ShardInfo(**s) for s in shard_list], rejects=rejects_info,
                         counts=counts, **header)
     write_manifest(out, manifest)

@@ -1,26 +1,17 @@
 """Listing and inspecting label sets (``kd cache ls`` / ``kd cache inspect``)."""
 import fsspec
 
-from schemas.manifest import COMMITS_DIR, MANIFEST_NAME, load_manifest, read_commits
+from schemas.manifest import COMMITS_DIR, MANIFEST_NAME, load_committed
 from schemas.validate import ShardError, verify_shard
 
 
 def describe(label_dir: str, verify: bool = False) -> dict:
     """What a label set holds: teacher, config, rows, tokens, bytes, complete or not."""
     fs, root = fsspec.core.url_to_fs(label_dir)
-    try:
-        m = load_manifest(label_dir)
-        shards, complete = m.shards, m.complete
-        info = {"cache_key": m.cache_key, "teacher": m.teacher,
-                "label_config": m.label_config, "counts": m.counts}
-    except FileNotFoundError:
-        records = read_commits(label_dir)
-        if not records:
-            raise FileNotFoundError(f"{label_dir} holds no manifest and no committed shards")
-        from schemas.manifest import ShardInfo
-        shards, complete = [ShardInfo(**r["shard"]) for r in records], False
-        info = {"cache_key": records[0]["cache_key"], "teacher": None,
-                "label_config": records[0]["label_config"], "counts": None}
+    m = load_committed(label_dir)
+    shards, complete = m.shards, m.complete
+    info = {"cache_key": m.cache_key, "teacher": m.teacher or None,
+            "label_config": m.label_config, "counts": m.counts or None}
     listed = {s.path for s in shards}
     fs.invalidate_cache(f"{root}/shards")
     try:

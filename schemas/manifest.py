@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
+from schemas.rows import SCHEMA_VERSION
+
 MANIFEST_NAME = "manifest.json"
 COMMITS_DIR = "commits"
 FORMAT = "kd-labels"
@@ -122,3 +124,19 @@ def clear_stale_commits(label_dir: str, cache_key: str) -> int:
     for r in stale:
         fs.rm(f"{root}/{COMMITS_DIR}/{r['shard']['path'].rsplit('/', 1)[-1]}.json")
     return len(stale)
+
+
+def load_committed(label_dir: str) -> Manifest:
+    """The manifest or, while its job still runs, a provisional one (``complete=False``) built
+    from the job's commit records. FileNotFoundError when there is neither."""
+    try:
+        return load_manifest(label_dir)
+    except FileNotFoundError:
+        records = read_commits(label_dir)
+        if not records:
+            raise FileNotFoundError(f"{label_dir} holds no manifest and no committed shards")
+        return Manifest(schema_version=SCHEMA_VERSION, cache_key=records[0]["cache_key"],
+                        teacher={}, tokenizer_fingerprint="",
+                        label_config=records[0]["label_config"],
+                        shards=[ShardInfo(**r["shard"]) for r in records], rejects={},
+                        counts={}, complete=False)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import torch
 
 from schemas import ShardInfo, hidden_column, load_manifest, verify_shard
-from schemas.manifest import read_commits
+from schemas.manifest import load_committed
 
 
 @dataclasses.dataclass
@@ -88,14 +88,12 @@ class LabelSet:
     def refresh(self, follow: bool = True, sync=None) -> None:
         """Pick up newly committed shards; known shards keep their index (stable order)."""
         try:
-            m = load_manifest(self.path)
+            m = load_committed(self.path) if follow else load_manifest(self.path)
             found, final, config = m.shards, m.complete, m.label_config
         except FileNotFoundError:
             if not follow:
                 raise
-            records = read_commits(self.path)
-            found = [ShardInfo(**r["shard"]) for r in records]
-            final, config = False, records[0]["label_config"] if records else None
+            found, final, config = [], False, None  # nothing committed yet
         if sync is not None:  # DDP: every rank adopts rank 0's view
             found, final, config = sync((found, final, config))
         known = {s.path for s in self.shards}
