@@ -17,9 +17,11 @@ def add_parser(sub) -> None:
     ap.add_argument("--input", required=True, help="raw JSONL {id, prompt, response} (fsspec URL)")
     ap.add_argument("--simplified", help="simplified JSONL {id, prompt}, paired with raw by id")
     ap.add_argument("--out", required=True, help="output label-set directory (fsspec URL)")
-    ap.add_argument("--mode", choices=["score", "text"], default="score",
+    ap.add_argument("--mode", choices=["score", "text", "generate"], default="score",
                     help="score: {id, prompt, response} records (teacher forcing on the given "
-                         "responses); text: {id, text} records, every position after the first")
+                         "responses); text: {id, text} records, every position after the first; "
+                         "generate: {id, prompt} records, the teacher writes the responses "
+                         "(sequence-level KD), then labels them as in score mode")
     ap.add_argument("--columns", default="",
                     help="column mapping, e.g. id=uid,prompt=question,response=answer")
     ap.add_argument("--chat-template", action="store_true",
@@ -28,7 +30,19 @@ def add_parser(sub) -> None:
     ap.add_argument("--dtype", default=None,
                     help="engine dtype (default: the checkpoint's own, e.g. float32)")
     ap.add_argument("--hidden-layers", default="final",
-                    help="'final' (mean-pooled final-layer state over the response) or 'none'")
+                    help="teacher layers to summarise (mean over the response): comma-separated "
+                         "transformers hidden_states indices (0 = embeddings) and/or 'final'; "
+                         "'none' for no summaries. One engine pass whatever the choice")
+    ap.add_argument("--hidden-proj-dim", type=int, default=0, metavar="R",
+                    help="also store every response token's state of those layers, projected to "
+                         "R dims by a seeded random projection (schemas.projection_matrix)")
+    ap.add_argument("--hidden-proj-seed", type=int, default=0)
+    gen = ap.add_argument_group("generate mode (sampling parameters, recorded in the manifest)")
+    gen.add_argument("--max-new-tokens", type=int, default=256)
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=0,
+                     help="each example samples with a seed drawn from (seed, example id)")
     ap.add_argument("--shard-rows", type=int, default=512,
                     help="raw input lines per chunk; a chunk becomes one shard")
     ap.add_argument("--too-long", choices=["reject", "truncate"], default="reject",
@@ -58,16 +72,35 @@ def parse_engine_args(items: list[str]) -> tuple:
     return tuple(sorted(out))
 
 
+def parse_layers(spec: str, n_layers: int) -> tuple[int, ...]:
+    """'final' / 'none' / '2,final' / '1,3' -> sorted transformers hidden_states indices."""
+    if spec == "none":
+        return ()
+    out = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        layer = n_layers if part == "final" else int(part) if part.lstrip("-").isdigit() else None
+        if layer is None or not 0 <= layer <= n_layers:
+            raise ValueError(f"--hidden-layers {spec!r}: {part!r} is not 'final' or a layer in "
+                             f"0..{n_layers}")
+        out.add(layer)
+    return tuple(sorted(out))
+
+
 def main(args, beam_args: list[str]) -> int:
     from pipeline import job
-    from pipeline.teacher import TeacherConfig, model_config, shutdown_all
+    from pipeline.teacher import SamplingConfig, TeacherConfig, model_config, shutdown_all
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.hidden_layers not in ("final", "none"):
-        sys.exit("--hidden-layers must be 'final' or 'none'")
     n_layers = int(model_config(args.teacher)["num_hidden_layers"])
+    try:
+        layers = parse_layers(args.hidden_layers, n_layers)
+    except ValueError as e:
+        sys.exit(str(e))
+    if args.hidden_proj_dim and not layers:
+        sys.exit("--hidden-proj-dim needs --hidden-layers")
     cfg = TeacherConfig(model_dir=args.teacher, top_k=args.top_k, dtype=args.dtype,
-                        hidden_layers=(n_layers,) if args.hidden_layers == "final" else (),
+                        hidden_layers=layers, proj_dim=args.hidden_proj_dim,
+                        proj_seed=args.hidden_proj_seed,
                         max_model_len=args.max_model_len, kv_cache_gb=args.kv_cache_gb,
                         enforce_eager=args.enforce_eager, trust_remote_code=args.trust_remote_code,
                         engine_args=parse_engine_args(args.engine_arg))
@@ -76,7 +109,9 @@ def main(args, beam_args: list[str]) -> int:
         columns = tuple(tuple(kv.split("=", 1)) for kv in args.columns.split(",") if kv)
         summary = job.run(job.LabelJob(cfg, args.input, args.out, args.simplified,
                                        args.shard_rows, args.too_long == "truncate", args.mode,
-                                       columns, args.chat_template), beam_args,
+                                       columns, args.chat_template,
+                                       SamplingConfig(args.max_new_tokens, args.temperature,
+                                                      args.top_p, args.seed)), beam_args,
                           progress=args.progress)
     finally:
         shutdown_all()

@@ -1,6 +1,8 @@
 """The labelling job as a short composition of named Beam transforms.
 
     ReadRaw / ReadSimplified -> Parse -> JoinById -> Pair -> Tokenize -> Chunk -> LabelOrReuse
+                                                    (generate mode: the teacher writes responses
+                                                     there, then scores them)
                                  rejects of every step -> WriteRejects
                               -> WriteManifest (last: the commit)
 
@@ -18,10 +20,12 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import records, shards
-from pipeline.teacher import TeacherConfig, context_length, checkpoint_dtype, model_config
+from pipeline.teacher import (SamplingConfig, TeacherConfig, checkpoint_dtype, context_length,
+                              model_config)
 from pipeline.tokenize import Tokenized, load_tokenizer, tokenize_example
 from schemas import (SCHEMA_VERSION, Manifest, ShardInfo, cache_key, load_manifest,
                      teacher_fingerprint, tokenizer_fingerprint, write_manifest)
+from schemas.rows import PROJECTION
 from schemas.manifest import (clear_stale_commits, read_commits, strip_credentials,
                              write_commit)
 
@@ -37,9 +41,11 @@ class LabelJob:
     simplified: str | None = None
     shard_rows: int = 512
     truncate: bool = False  # over-long examples: truncate the response instead of rejecting
-    mode: str = "score"     # score: prompt + response records; text: plain text records
+    mode: str = "score"     # score: prompt + response records; text: plain text records;
+    #                         generate: prompt records, the teacher writes the responses
     columns: tuple = ()     # (our field, input field) pairs: a column mapping
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template
+    sampling: SamplingConfig = SamplingConfig()  # generate mode only
 
 
 def split_rejects(element):
@@ -75,13 +81,23 @@ def chunk_key(item: Tokenized, shard_rows: int) -> tuple[str, Tokenized]:
     return f"{source}:{(line - 1) // shard_rows}", item
 
 
+def with_responses(items: list[Tokenized], responses: list[list[int]]) -> list[Tokenized]:
+    """Generate mode: append each generated response to both views of its example."""
+    return [dataclasses.replace(t, raw_ids=t.raw_ids + r,
+                                simplified_ids=None if t.simplified_ids is None
+                                else t.simplified_ids + r)
+            for t, r in zip(items, responses)]
+
+
 class LabelChunkFn(beam.DoFn):
-    """Label one chunk with the process-wide teacher and commit it as one shard."""
+    """Label one chunk with the process-wide teacher and commit it as one shard; in generate mode
+    the teacher first writes the chunk's responses."""
 
     def __init__(self, cfg: TeacherConfig, out: str, metadata: dict, label_config: dict,
-                 existing: dict):
+                 existing: dict, sampling: SamplingConfig | None = None, max_len: int = 0):
         self.cfg, self.out, self.metadata, self.label_config = cfg, out, metadata, label_config
         self.existing = existing  # shard path -> ShardInfo dict, committed earlier with this key
+        self.sampling, self.max_len = sampling, max_len
 
     def setup(self):
         self.teacher = None  # started on the first chunk that needs labelling
@@ -97,14 +113,24 @@ class LabelChunkFn(beam.DoFn):
             from pipeline.teacher import get_teacher
             self.teacher = get_teacher(self.cfg)
         t0 = time.perf_counter()
+        if self.sampling is not None:
+            items = self.generate(items)
         labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items])
         info = shards.write_shard(self.out, list(zip(items, labels)), self.cfg.top_k,
-                                  self.cfg.hidden_layers, self.metadata)
+                                  self.cfg.hidden_layers, self.metadata, rel=path)
         write_commit(self.out, info, self.metadata["cache_key"], self.label_config)
         dt = time.perf_counter() - t0
         log.info("committed %s: %d rows, %d labelled tokens, %.0f tokens/s", info.path,
                  info.rows, info.tokens, sum(len(t.raw_ids) for t in items) / dt)
         yield {**dataclasses.asdict(info), "reused": False}
+
+    def generate(self, items: list[Tokenized]) -> list[Tokenized]:
+        from pipeline.teacher import get_generator
+        room = [self.max_len - max(len(t.raw_ids), len(t.simplified_ids or [])) for t in items]
+        responses = get_generator(self.cfg).generate(
+            [t.raw_ids for t in items], [t.id for t in items],
+            [min(self.sampling.max_new_tokens, r) for r in room], self.sampling)
+        return with_responses(items, responses)
 
 
 def commit_manifest(shard_infos, rejects_info, rows_in, out, header):
@@ -129,7 +155,8 @@ def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict,
     cfg = job.teacher
     max_len = cfg.max_model_len or context_length(model_config(cfg.model_dir))
     columns = dict(job.columns)
-    sources = [("Raw", job.input, "raw", "text" if job.mode == "text" else "raw")]
+    sources = [("Raw", job.input, "raw", {"text": "text", "generate": "prompt"}.get(job.mode,
+                                                                                   "raw"))]
     if job.simplified:
         sources.append(("Simplified", job.simplified, "simplified", "simplified"))
     parsed, counts = {}, []
@@ -157,8 +184,9 @@ def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict,
     infos = (toks.ok
              | "Chunk" >> beam.Map(chunk_key, job.shard_rows)
              | "GroupChunks" >> beam.GroupByKey()
-             | "LabelOrReuse" >> beam.ParDo(LabelChunkFn(cfg, job.out, metadata,
-                                                         header["label_config"], existing)))
+             | "LabelOrReuse" >> beam.ParDo(LabelChunkFn(
+                 cfg, job.out, metadata, header["label_config"], existing,
+                 job.sampling if job.mode == "generate" else None, max_len)))
     rejects = ([out[REJECTED] for out in parsed.values()] + [paired[REJECTED], toks[REJECTED]]
                | "AllRejects" >> beam.Flatten())
     rejects_info = (rejects | "CollectRejects" >> beam.combiners.ToList()
@@ -231,6 +259,11 @@ def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
                     "hidden_size": int(mcfg["hidden_size"]),
                     "add_bos": True, "add_eos": True, "views": ["raw"] + (["simplified"]
                                                                         if job.simplified else [])}
+    if cfg.proj_dim:
+        label_config["hidden_proj"] = {"dim": cfg.proj_dim, "seed": cfg.proj_seed,
+                                       "matrix": PROJECTION}
+    if job.mode == "generate":
+        label_config["sampling"] = dataclasses.asdict(job.sampling)
     t_fp, tok_fp = teacher_fingerprint(cfg.model_dir), tokenizer_fingerprint(cfg.model_dir)
     key = cache_key(t_fp, tok_fp, label_config)
     header = {"schema_version": SCHEMA_VERSION, "cache_key": key,

@@ -5,7 +5,8 @@ through fsspec. A record either becomes an ``Example`` or a reject (a dict of RE
 a reason, so that rows_in == rows_labelled + rows_rejected.
 
 Record kinds: "raw" {id, prompt, response}, "simplified" {id, prompt}, "text" {id, text} (plain
-text mode: every position after the first is labelled). A column mapping renames input fields
+text mode: every position after the first is labelled), "prompt" {id, prompt} (generate mode; a
+"response" field, if present, is ignored). A column mapping renames input fields
 to these names (``{"prompt": "question"}`` reads the input's "question" as the prompt).
 """
 import dataclasses
@@ -14,7 +15,8 @@ import json
 import fsspec
 
 FIELDS = {"raw": ("id", "prompt", "response"), "simplified": ("id", "prompt"),
-          "text": ("id", "text")}
+          "text": ("id", "text"), "prompt": ("id", "prompt")}
+IGNORED = {"prompt": ("response",)}  # generate mode: the teacher writes its own response
 PARQUET_BATCH = 1024
 MAX_RECORD_ECHO = 500
 
@@ -100,7 +102,7 @@ def parse_record(kind: str, source: str, line_no: int, data, columns: dict | Non
     rid = obj.get("id") if isinstance(obj.get("id"), str) else None
     want = FIELDS[kind]
     missing = [k for k in want if k not in obj]
-    extra = sorted(set(obj) - set(want))
+    extra = sorted(set(obj) - set(want) - set(IGNORED.get(kind, ())))
     if missing or extra:
         detail = "; ".join(filter(None, [missing and f"missing {missing}",
                                           extra and f"unexpected {extra}"]))
@@ -115,6 +117,8 @@ def parse_record(kind: str, source: str, line_no: int, data, columns: dict | Non
             return reject(source, line_no, view, "empty_field", f"field {k!r} is empty", rid, echo)
     if kind == "text":
         return Record(view, source, line_no, obj["id"], "", obj["text"])
+    if kind == "prompt":
+        return Record(view, source, line_no, obj["id"], obj["prompt"], None)
     return Record(view, source, line_no, obj["id"], obj["prompt"], obj.get("response"))
 
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from pipeline.teacher import Labels
 from pipeline.tokenize import Tokenized
-from schemas import REJECT_SCHEMA, ShardInfo, hidden_column, row_schema
+from schemas import REJECT_SCHEMA, ShardInfo, hidden_column, proj_column, row_schema
 
 ROW_GROUP_ROWS = 256
 
@@ -61,7 +61,11 @@ def build_table(items: list[tuple[Tokenized, Labels]], k: int, hidden_layers: tu
     }
     for layer in hidden_layers:
         cols[hidden_column(layer)] = _list([r[4].hidden[layer] for r in rows], np.float32)
-    schema = row_schema(hidden_layers, metadata)
+    proj_layers = tuple(sorted(rows[0][4].proj)) if rows else ()
+    for layer in proj_layers:
+        proj = [r[4].proj[layer] for r in rows]
+        cols[proj_column(layer)] = _list_of_lists(proj, proj[0].shape[1], np.float32)
+    schema = row_schema(hidden_layers, metadata, proj_layers)
     return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
 
 
@@ -99,10 +103,13 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def write_shard(out_dir: str, items: list[tuple[Tokenized, Labels]], k: int,
-                hidden_layers: tuple[int, ...], metadata: dict) -> ShardInfo:
+                hidden_layers: tuple[int, ...], metadata: dict, rel: str | None = None
+                ) -> ShardInfo:
+    """Commit one chunk's shard at ``rel`` (default: named by the items' content; generate mode
+    names it by the chunk's prompts, known before the responses)."""
     table = build_table(items, k, hidden_layers, metadata)
     data = parquet_bytes(table)
-    rel = f"shards/{chunk_name([t for t, _ in items])}"
+    rel = rel or f"shards/{chunk_name([t for t, _ in items])}"
     commit_bytes(out_dir, rel, data)
     tokens = pc.sum(pc.list_value_length(table["target_logprob"])).as_py()
     return ShardInfo(rel, table.num_rows, tokens, len(data), hashlib.sha256(data).hexdigest())

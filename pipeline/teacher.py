@@ -1,10 +1,17 @@
-"""The teacher engine: vLLM in-process, score mode (teacher forcing over given tokens).
+"""The teacher engine: vLLM in-process, scoring (teacher forcing over given tokens); in generate
+mode a second engine first writes the responses.
 
 One pass per chunk: the engine's pooling runner returns the final hidden states for every
 position (``token_embed``, no activation); the LM head (loaded from the checkpoint) turns those at
 the labelled positions into logits, then log-softmax and top-k run as tensor ops, on the GPU when
-there is one. The same states give the final-layer summary. Measured against the engine's
-flat prompt logprobs (which need a second pass for summaries and whose host cost grows with k),
+there is one. The same states give the final-layer summary. Intermediate layers come from the same
+pass: vLLM's auxiliary hidden-state outputs (the mechanism its EAGLE-3 drafters use; residual
+stream after L layers = transformers' ``hidden_states[L]``) are switched on for the asked layers
+and a forward hook on the model concatenates them to the final states, so the pooler hands back
+``[final | layer a | layer b ...]`` per position. That needs an eager engine (a compiled graph
+would not see the switch), so asking for intermediate layers turns ``enforce_eager`` on.
+
+Measured against the engine's flat prompt logprobs (which need a second pass for summaries and whose host cost grows with k),
 see docs/BENCHMARKS.md. The head follows the transformers definition: ``lm_head`` (or the tied
 input embedding), times ``logit_scale`` and through ``final_logit_softcapping`` where the config
 has them; the oracle tests compare it with transformers on the same tokens.
@@ -13,6 +20,7 @@ One engine per process (``get_teacher``), shared by every DoFn instance and test
 """
 import copy
 import dataclasses
+import hashlib
 import json
 import os
 import threading
@@ -28,7 +36,9 @@ class TeacherConfig:
     model_dir: str
     top_k: int = 20
     dtype: str | None = None             # None: the checkpoint's own dtype
-    hidden_layers: tuple[int, ...] = ()  # transformers hidden_states indices; only the final layer
+    hidden_layers: tuple[int, ...] = ()  # transformers hidden_states indices, 0..num_layers
+    proj_dim: int = 0                    # > 0: also every response token's state of each layer,
+    proj_seed: int = 0                   # projected to proj_dim by schemas.projection_matrix
     max_model_len: int | None = None
     kv_cache_gb: float = 1.0
     enforce_eager: bool = False
@@ -58,6 +68,7 @@ class Labels:
     topk_logprobs: np.ndarray    # (n, k) float32
     target_logprob: np.ndarray   # (n,) float32
     hidden: dict                 # layer -> (d,) float32 mean over the response span
+    proj: dict = dataclasses.field(default_factory=dict)  # layer -> (n, r) float32 projections
 
 
 def load_lm_head(model_dir: str, mcfg: dict) -> "torch.Tensor":  # noqa: F821
@@ -75,6 +86,19 @@ def load_lm_head(model_dir: str, mcfg: dict) -> "torch.Tensor":  # noqa: F821
     raise ValueError(f"no LM head ({' or '.join(names)}) in {model_dir}")
 
 
+def install_concat_hook(model) -> None:
+    """Runs inside the engine: when auxiliary layers are on, the model returns (final, [aux]);
+    hand the pooler one (tokens, d * (1 + n_aux)) tensor instead."""
+    import torch
+
+    def concat(module, args, out):
+        if isinstance(out, tuple):
+            final, aux = out
+            return torch.cat([final, *aux], dim=-1)
+        return out
+    model.register_forward_hook(concat)
+
+
 class VllmTeacher:
     def __init__(self, cfg: TeacherConfig):
         import torch
@@ -86,13 +110,15 @@ class VllmTeacher:
         self.dtype = cfg.dtype or checkpoint_dtype(mcfg)
         self.num_layers = int(mcfg["num_hidden_layers"])
         self.max_len = cfg.max_model_len or context_length(mcfg)
-        bad = [layer for layer in cfg.hidden_layers if layer != self.num_layers]
+        bad = [layer for layer in cfg.hidden_layers if not 0 <= layer <= self.num_layers]
         if bad:
-            raise ValueError(f"hidden layers {bad}: only the final layer ({self.num_layers}) is "
-                             "available from the vLLM engine")
+            raise ValueError(f"hidden layers {bad}: the teacher has hidden_states[0.."
+                             f"{self.num_layers}] (0 = embeddings, {self.num_layers} = final)")
+        self.engine_state = {"aux": ()}  # shared by views: the layers the engine now returns
         self.lock = threading.Lock()  # one request batch at a time per engine
         self.pool = LLM(model=cfg.model_dir, dtype=self.dtype, max_model_len=self.max_len,
-                        enable_prefix_caching=False, seed=0, enforce_eager=cfg.enforce_eager,
+                        enable_prefix_caching=False, seed=0,
+                        enforce_eager=cfg.enforce_eager or bool(self.intermediate(cfg)),
                         trust_remote_code=cfg.trust_remote_code,
                         kv_cache_memory_bytes=int(cfg.kv_cache_gb * 2**30),
                         runner="pooling", convert="embed",
@@ -102,6 +128,25 @@ class VllmTeacher:
         self.head = load_lm_head(cfg.model_dir, mcfg).to(self.device, getattr(torch, self.dtype))
         self.logit_scale = mcfg.get("logit_scale")
         self.softcap = mcfg.get("final_logit_softcapping")
+        self.hidden_size = int(mcfg["hidden_size"])
+        self.eager = cfg.enforce_eager or bool(self.intermediate(cfg))
+        self.pool.apply_model(install_concat_hook)
+
+    def intermediate(self, cfg: TeacherConfig) -> tuple[int, ...]:
+        return tuple(sorted({layer for layer in cfg.hidden_layers if layer < self.num_layers}))
+
+    def set_aux_layers(self, layers: tuple[int, ...]) -> None:
+        """Make the engine return these intermediate layers beside the final states."""
+        if layers == self.engine_state["aux"]:
+            return
+        if layers and not self.eager:
+            raise ValueError("intermediate hidden layers need an eager engine (enforce_eager): "
+                             "this engine was started compiled")
+
+        def switch(model):
+            model.set_aux_hidden_state_layers(layers)
+        self.pool.apply_model(switch)
+        self.engine_state["aux"] = layers
 
     def logprobs(self, states):
         """(n, d) final hidden states -> (n, V) fp32 log-probabilities at temperature 1."""
@@ -116,24 +161,34 @@ class VllmTeacher:
     def label(self, seqs: list[list[int]], starts: list[int]) -> list[Labels]:
         import torch
         from vllm.inputs import TokensPrompt
+        from schemas import projection_matrix
         prompts = [TokensPrompt(prompt_token_ids=s) for s in seqs]
+        aux = self.intermediate(self.cfg)
         with self.lock:
+            self.set_aux_layers(aux)
             outs = self.pool.encode(prompts, pooling_task="token_embed", use_tqdm=False)
-        k = self.cfg.top_k
+        k, d, cfg = self.cfg.top_k, self.hidden_size, self.cfg
+        slot = {self.num_layers: 0, **{layer: i + 1 for i, layer in enumerate(aux)}}
+        proj = None
+        if cfg.proj_dim:
+            proj = torch.from_numpy(projection_matrix(d, cfg.proj_dim, cfg.proj_seed))
         result = []
         with torch.no_grad():
             for seq, start, out in zip(seqs, starts, outs):
-                states = out.outputs.data  # (n, d): position p's state predicts token p + 1
+                data = out.outputs.data  # (n, d * (1 + len(aux))): [final | aux layers]
+                states = data[:, :d]     # position p's final state predicts token p + 1
                 lp = self.logprobs(states[start - 1:len(seq) - 1])
                 top = lp.topk(k, dim=-1)
                 target = lp.gather(1, torch.tensor(seq[start:], device=lp.device)[:, None])[:, 0]
-                hidden = {}
-                if self.cfg.hidden_layers:
-                    mean = states[start:len(seq)].float().mean(0).cpu().numpy()
-                    hidden = {layer: mean for layer in self.cfg.hidden_layers}
+                hidden, projected = {}, {}
+                for layer in cfg.hidden_layers:
+                    span = data[start:len(seq), slot[layer] * d:(slot[layer] + 1) * d].float().cpu()
+                    hidden[layer] = span.mean(0).numpy()
+                    if proj is not None:
+                        projected[layer] = (span @ proj).numpy()
                 result.append(Labels(top.indices.int().cpu().numpy(),
                                      top.values.cpu().numpy().astype(np.float32),
-                                     target.cpu().numpy().astype(np.float32), hidden))
+                                     target.cpu().numpy().astype(np.float32), hidden, projected))
         return result
 
     def shutdown(self) -> None:
@@ -142,21 +197,72 @@ class VllmTeacher:
         self.pool = None
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How the teacher writes responses in generate mode (recorded in the label config)."""
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0  # each example samples with a seed drawn from (seed, example id)
+
+
+def example_seed(seed: int, example_id: str) -> int:
+    """Per-example sampling seed: the same response for the same example whatever the batch."""
+    return int(hashlib.sha256(f"{seed}\0{example_id}".encode()).hexdigest()[:8], 16)
+
+
+class VllmGenerator:
+    """A second, generating engine of the same teacher for generate mode (sequence-level KD). It
+    only writes the responses; the labels then come from the scoring engine's one pass over
+    prompt + response, exactly as in score mode."""
+
+    def __init__(self, cfg: TeacherConfig):
+        from vllm import LLM
+        mcfg = model_config(cfg.model_dir)
+        self.lock = threading.Lock()
+        self.pool = LLM(model=cfg.model_dir, dtype=cfg.dtype or checkpoint_dtype(mcfg),
+                       max_model_len=cfg.max_model_len or context_length(mcfg),
+                       enable_prefix_caching=False, seed=0, enforce_eager=cfg.enforce_eager,
+                       # whole prompts per step: a split prompt rewinds the per-request sampling
+                       # generator, which the CPU backend cannot do
+                       enable_chunked_prefill=False,
+                       trust_remote_code=cfg.trust_remote_code,
+                       kv_cache_memory_bytes=int(cfg.kv_cache_gb * 2**30),
+                       **dict(cfg.engine_args))
+
+    def generate(self, prompts: list[list[int]], ids: list[str], max_tokens: list[int],
+                 sampling: SamplingConfig) -> list[list[int]]:
+        """Response token ids per prompt (ending with EOS when the teacher stopped)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        params = [SamplingParams(max_tokens=n, temperature=sampling.temperature,
+                                 top_p=sampling.top_p, seed=example_seed(sampling.seed, i))
+                  for i, n in zip(ids, max_tokens)]
+        with self.lock:
+            outs = self.pool.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+                                     use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+
 _TEACHERS: dict = {}
+_GENERATORS: dict = {}
 _TEACHERS_LOCK = threading.Lock()
 
 
 def get_teacher(cfg: TeacherConfig) -> VllmTeacher:
     """The process-wide engine for ``cfg`` (started once, shared by every caller).
 
-    Configs differing only in ``top_k`` or ``hidden_layers`` share one engine.
+    Configs differing only in what is kept (``top_k``, ``hidden_layers``, projections) share one
+    engine, unless intermediate layers are asked of a compiled engine.
     """
     with _TEACHERS_LOCK:
         if cfg not in _TEACHERS:
             for other, teacher in list(_TEACHERS.items()):
-                same_engine = dataclasses.replace(other, top_k=cfg.top_k,
-                                                  hidden_layers=cfg.hidden_layers) == cfg
-                if same_engine and teacher.pool is not None:
+                same_engine = dataclasses.replace(
+                    other, top_k=cfg.top_k, hidden_layers=cfg.hidden_layers,
+                    proj_dim=cfg.proj_dim, proj_seed=cfg.proj_seed) == cfg
+                usable = teacher.eager or not teacher.intermediate(cfg)
+                if same_engine and usable and teacher.pool is not None:
                     view = copy.copy(teacher)
                     view.cfg = cfg
                     _TEACHERS[cfg] = view
@@ -166,11 +272,24 @@ def get_teacher(cfg: TeacherConfig) -> VllmTeacher:
         return _TEACHERS[cfg]
 
 
+def get_generator(cfg: TeacherConfig) -> VllmGenerator:
+    """The process-wide generating engine for ``cfg``'s teacher (beside the scoring engine)."""
+    key = dataclasses.replace(cfg, top_k=0, hidden_layers=(), proj_dim=0, proj_seed=0)
+    with _TEACHERS_LOCK:
+        if key not in _GENERATORS:
+            _GENERATORS[key] = VllmGenerator(key)
+        return _GENERATORS[key]
+
+
 def shutdown_all() -> None:
+    """Shut every engine of this process down (engines share vLLM's process state: stop them all
+    together, at the end)."""
     with _TEACHERS_LOCK:  # views share engines: shut each engine down once
-        engines = {id(t.pool): t.pool for t in _TEACHERS.values() if t.pool is not None}
+        owners = list(_TEACHERS.values()) + list(_GENERATORS.values())
+        engines = {id(t.pool): t.pool for t in owners if t.pool is not None}
         for engine in engines.values():
             engine.llm_engine.engine_core.shutdown()
-        for teacher in _TEACHERS.values():
-            teacher.pool = None
+        for owner in owners:
+            owner.pool = None
         _TEACHERS.clear()
+        _GENERATORS.clear()

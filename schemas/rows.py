@@ -4,11 +4,14 @@ One row is one (example, view). Per response token j (token ``input_ids[label_st
 ``topk_ids[j]`` / ``topk_logprobs[j]`` hold the teacher's k most likely next tokens, sorted by
 descending probability, with natural-log probabilities at temperature 1, the teacher conditioned
 on the RAW prompt and the response tokens before j; ``target_logprob[j]`` is the teacher's
-log-probability of the actual token. Simplified rows carry the same teacher labels on the same
+log-probability of the actual token. ``hidden_mean_l<L>`` is the mean over the response tokens of
+transformers' ``hidden_states[L]``; ``hidden_proj_l<L>[j]`` (optional) is that state at response
+token j times ``projection_matrix(d, r, seed)``. Simplified rows carry the same teacher labels on the same
 response tokens behind the simplified prompt.
 """
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -22,7 +25,23 @@ def hidden_column(layer: int) -> str:
     return f"hidden_mean_l{layer}"
 
 
-def row_schema(hidden_layers: tuple[int, ...] = (), metadata: dict | None = None) -> pa.Schema:
+def proj_column(layer: int) -> str:
+    """Column holding, per response token, ``hidden_states[layer]`` projected to r dims."""
+    return f"hidden_proj_l{layer}"
+
+
+PROJECTION = "numpy.random.default_rng(seed).standard_normal((d, r), float32) / sqrt(r)"
+
+
+def projection_matrix(d: int, r: int, seed: int) -> np.ndarray:
+    """The seeded random projection (d, r) behind ``hidden_proj_l<L>`` (see PROJECTION): a
+    reader can rebuild it from the manifest's ``label_config.hidden_proj`` alone."""
+    m = np.random.default_rng(seed).standard_normal((d, r), dtype=np.float32)
+    return m / np.float32(np.sqrt(r))
+
+
+def row_schema(hidden_layers: tuple[int, ...] = (), metadata: dict | None = None,
+               proj_layers: tuple[int, ...] = ()) -> pa.Schema:
     fields = [
         pa.field("example_id", pa.string(), nullable=False),
         pa.field("view", pa.string(), nullable=False),
@@ -34,6 +53,8 @@ def row_schema(hidden_layers: tuple[int, ...] = (), metadata: dict | None = None
     ]
     fields += [pa.field(hidden_column(layer), pa.list_(pa.float32()), nullable=False)
                for layer in hidden_layers]
+    fields += [pa.field(proj_column(layer), pa.list_(pa.list_(pa.float32())), nullable=False)
+               for layer in proj_layers]
     schema = pa.schema(fields)
     if metadata:
         schema = schema.with_metadata(encode_metadata(metadata))

@@ -10,6 +10,7 @@ TEACHER = str(ROOT / "demo" / "teacher")
 DATA = ROOT / "demo" / "data"
 TOP_K = 8
 N_EXAMPLES = 48
+PROJ_DIM = 8
 
 
 @pytest.fixture(scope="session")
@@ -21,8 +22,9 @@ def teacher_dir() -> str:
 def teacher_config():
     from pipeline.teacher import TeacherConfig, model_config
     n_layers = int(model_config(TEACHER)["num_hidden_layers"])
-    return TeacherConfig(model_dir=TEACHER, top_k=TOP_K, hidden_layers=(n_layers,),
-                         enforce_eager=True, kv_cache_gb=0.5)
+    # embeddings, a middle layer and the final layer, plus per-token projections: all one pass
+    return TeacherConfig(model_dir=TEACHER, top_k=TOP_K, hidden_layers=(0, n_layers // 2, n_layers),
+                         proj_dim=PROJ_DIM, proj_seed=7, enforce_eager=True, kv_cache_gb=0.5)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from schemas import hidden_column, load_manifest
+from schemas import hidden_column, load_manifest, proj_column, projection_matrix
 
 ATOL = 1e-4  # fp32 teacher: engine kernels vs transformers' eager attention
 
@@ -25,7 +25,10 @@ def stored_rows(label_set, view="raw"):
 
 @torch.no_grad()
 def test_stored_topk_and_hidden_match_transformers(label_set, hf_teacher):
-    layer = hf_teacher.config.num_hidden_layers
+    lc = load_manifest(label_set["out"]).label_config
+    layers = lc["hidden_layers"]
+    assert len(layers) == 3 and layers[-1] == hf_teacher.config.num_hidden_layers
+    proj = projection_matrix(lc["hidden_size"], lc["hidden_proj"]["dim"], lc["hidden_proj"]["seed"])
     checked = 0
     for row in stored_rows(label_set):
         ids = torch.tensor([row["input_ids"]])
@@ -44,8 +47,11 @@ def test_stored_topk_and_hidden_match_transformers(label_set, hf_teacher):
             assert len(set(tk_ids[j].tolist())) == k
             np.testing.assert_allclose(row["target_logprob"][j], dist[row["input_ids"][p]],
                                        atol=ATOL)
-        h = out.hidden_states[-1][0, start:n].mean(0).numpy()
-        np.testing.assert_allclose(row[hidden_column(layer)], h, atol=ATOL)
+        for layer in layers:  # embeddings, a middle layer (pre-norm residual stream), final
+            states = out.hidden_states[layer][0, start:n].numpy()
+            np.testing.assert_allclose(row[hidden_column(layer)], states.mean(0), atol=ATOL)
+            np.testing.assert_allclose(np.array(row[proj_column(layer)]), states @ proj,
+                                       atol=ATOL * 10, rtol=1e-4)
         checked += 1
     assert checked >= 40
 
