@@ -11,12 +11,15 @@ and a forward hook on the model concatenates them to the final states, so the po
 ``[final | layer a | layer b ...]`` per position. That needs an eager engine (a compiled graph
 would not see the switch), so asking for intermediate layers turns ``enforce_eager`` on.
 
-Measured against the engine's flat prompt logprobs (which need a second pass for summaries and whose host cost grows with k),
-see docs/BENCHMARKS.md. The head follows the transformers definition: ``lm_head`` (or the tied
-input embedding), times ``logit_scale`` and through ``final_logit_softcapping`` where the config
-has them; the oracle tests compare it with transformers on the same tokens.
+This road was chosen by measurement over the engine's flat prompt logprobs (which need a second
+pass for summaries and whose host cost grows with k), see docs/BENCHMARKS.md. The head follows
+the transformers definition: ``lm_head`` (or the tied input embedding), times ``logit_scale``
+and through ``final_logit_softcapping`` where the config has them; the oracle tests compare it with transformers on the same tokens.
 
-One engine per process (``get_teacher``), shared by every DoFn instance and test in it.
+One scoring engine per process (``get_teacher``), shared by every DoFn instance and test in it;
+generate mode adds one generating engine (``get_generator``). Engine passes per option: score and
+text modes, with or without summaries of any layers and projections: one; generate mode: the
+generation (one prefill plus one decode step per new token) and then that one scoring pass.
 """
 import copy
 import dataclasses

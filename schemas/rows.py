@@ -6,8 +6,8 @@ descending probability, with natural-log probabilities at temperature 1, the tea
 on the RAW prompt and the response tokens before j; ``target_logprob[j]`` is the teacher's
 log-probability of the actual token. ``hidden_mean_l<L>`` is the mean over the response tokens of
 transformers' ``hidden_states[L]``; ``hidden_proj_l<L>[j]`` (optional) is that state at response
-token j times ``projection_matrix(d, r, seed)``. Simplified rows carry the same teacher labels on the same
-response tokens behind the simplified prompt.
+token j times ``projection_matrix(d, r, seed)``. Simplified rows carry the same teacher labels on
+the same response tokens behind the simplified prompt.
 """
 import json
 
