@@ -14,7 +14,8 @@ would not see the switch), so asking for intermediate layers turns ``enforce_eag
 This road was chosen by measurement over the engine's flat prompt logprobs (which need a second
 pass for summaries and whose host cost grows with k), see docs/BENCHMARKS.md. The head follows
 the transformers definition: ``lm_head`` (or the tied input embedding), times ``logit_scale``
-and through ``final_logit_softcapping`` where the config has them; the oracle tests compare it with transformers on the same tokens.
+and through ``final_logit_softcapping`` where the config has them; the oracle tests compare
+it with transformers on the same tokens.
 
 One scoring engine per process (``get_teacher``), shared by every DoFn instance and test in it;
 generate mode adds one generating engine (``get_generator``). Engine passes per option: score and
