@@ -26,8 +26,8 @@ from pipeline.tokenize import Tokenized, load_tokenizer, tokenize_example
 from schemas import (SCHEMA_VERSION, Manifest, ShardInfo, cache_key, load_manifest,
                      teacher_fingerprint, tokenizer_fingerprint, write_manifest)
 from schemas.rows import PROJECTION
-from schemas.manifest import (clear_stale_commits, read_commits, strip_credentials,
-                             write_commit)
+from schemas.manifest import (clear_stale_commits, read_commit, read_commits,
+                             strip_credentials, write_commit)
 
 REJECTED = "rejected"
 log = logging.getLogger("kd.label")
@@ -108,6 +108,10 @@ class LabelChunkFn(beam.DoFn):
         path = f"shards/{shards.chunk_name(items)}"
         if path in self.existing:  # same content, same teacher and config: reuse
             yield {**self.existing[path], "reused": True}
+            return
+        record = read_commit(self.out, path)  # committed meanwhile by a concurrent run
+        if record is not None and record["cache_key"] == self.metadata["cache_key"]:
+            yield {**record["shard"], "reused": True}
             return
         if self.teacher is None:
             from pipeline.teacher import get_teacher

@@ -117,6 +117,16 @@ def read_commits(label_dir: str) -> list[dict]:
     return [json.loads(fs.cat_file(p)) for p in paths]
 
 
+def read_commit(label_dir: str, shard_path: str) -> dict | None:
+    """The commit record of one shard, or None if that shard has not been committed."""
+    fs, root = fsspec.core.url_to_fs(label_dir)
+    path = f"{root}/{COMMITS_DIR}/{shard_path.rsplit('/', 1)[-1]}.json"
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+
+
 def clear_stale_commits(label_dir: str, cache_key: str) -> int:
     """Remove commit records of another label config (a previous run into the same directory)."""
     fs, root = fsspec.core.url_to_fs(label_dir)
