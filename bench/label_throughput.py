@@ -127,19 +127,21 @@ def main() -> None:
         for i in range(args.seqs):
             f.write(json.dumps({"id": f"b{i}", "text": "".join(
                 rng.choice(list("abcdefghij klmnop")) for _ in range(args.len - 2))}) + "\n")
-    for hidden in ((n_layers,), ()):
-        for k in ks:  # one engine serves every k and both summary settings
+    # summaries: final layer; none; embeddings + middle + final layers with 16-dim projections
+    for hidden, proj in (((n_layers,), 0), ((), 0), ((0, n_layers // 2, n_layers), 16)):
+        for k in ks:  # one engine serves every k and every summary setting
             cfg = TeacherConfig(model_dir=teacher_dir, top_k=k, hidden_layers=hidden,
-                                enforce_eager=True, kv_cache_gb=1.0)
+                                proj_dim=proj, enforce_eager=True, kv_cache_gb=1.0)
             t0 = time.perf_counter()
-            s = job.run(job.LabelJob(cfg, raw, os.path.join(tmp, f"labels-{k}-{len(hidden)}"),
+            s = job.run(job.LabelJob(cfg, raw, os.path.join(tmp, f"labels-{k}-{hidden}-{proj}"),
                                      mode="text", shard_rows=args.seqs), [])
             e = time.perf_counter() - t0
             tokens = s["tokens_labelled"] + s["rows_labelled"]  # + each row's first position
             results.append({"bench": "e_kd_label_end_to_end", "k": k, "tok_s": tokens / e,
                             "tok_s_with_engine_start": tokens / (e + start_s),
                             "vs_ceiling": (tokens / e) / (n_tok / a),
-                            "engine_start_s": start_s, "hidden_summaries": bool(hidden)})
+                            "engine_start_s": start_s, "hidden_layers": list(hidden),
+                            "proj_dim": proj})
     for r in results:
         print(json.dumps({**base, **r}), flush=True)
     gen.llm_engine.engine_core.shutdown()  # engines share process-wide state: shut down at the end

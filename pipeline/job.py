@@ -96,7 +96,7 @@ class LabelChunkFn(beam.DoFn):
     def __init__(self, cfg: TeacherConfig, out: str, metadata: dict, label_config: dict,
                  existing: dict, sampling: SamplingConfig | None = None, max_len: int = 0):
         self.cfg, self.out, self.metadata, self.label_config = cfg, out, metadata, label_config
-        self.existing = existing  # shard path -> ShardInfo dict, committed earlier with this key
+        self.existing = existing  # chunk -> ShardInfo dict, committed earlier with this key
         self.sampling, self.max_len = sampling, max_len
 
     def setup(self):
@@ -105,11 +105,11 @@ class LabelChunkFn(beam.DoFn):
     def process(self, keyed):
         _, items = keyed
         items = sorted(items, key=lambda t: t.id)
-        path = f"shards/{shards.chunk_name(items)}"
-        if path in self.existing:  # same content, same teacher and config: reuse
-            yield {**self.existing[path], "reused": True}
+        chunk = shards.chunk_name(items)
+        if chunk in self.existing:  # same content, same teacher and config: reuse
+            yield {**self.existing[chunk], "reused": True}
             return
-        record = read_commit(self.out, path)  # committed meanwhile by a concurrent run
+        record = read_commit(self.out, chunk)  # committed meanwhile by a concurrent run
         if record is not None and record["cache_key"] == self.metadata["cache_key"]:
             yield {**record["shard"], "reused": True}
             return
@@ -121,8 +121,8 @@ class LabelChunkFn(beam.DoFn):
             items = self.generate(items)
         labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items])
         info = shards.write_shard(self.out, list(zip(items, labels)), self.cfg.top_k,
-                                  self.cfg.hidden_layers, self.metadata, rel=path)
-        write_commit(self.out, info, self.metadata["cache_key"], self.label_config)
+                                  self.cfg.hidden_layers, self.metadata, chunk)
+        write_commit(self.out, info, self.metadata["cache_key"], self.label_config, chunk)
         dt = time.perf_counter() - t0
         log.info("committed %s: %d rows, %d labelled tokens, %.0f tokens/s", info.path,
                  info.rows, info.tokens, sum(len(t.raw_ids) for t in items) / dt)
@@ -290,7 +290,7 @@ def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
 
 def committed_shards(out: str, key: str) -> dict:
     """Shards already committed under this cache key (previous manifest, or commit records of an
-    interrupted run) whose files are present: path -> ShardInfo dict."""
+    interrupted run) whose files are present: chunk name -> ShardInfo dict."""
     import fsspec
     fs, root = fsspec.core.url_to_fs(out)
     fs.invalidate_cache(f"{root}/shards")
@@ -298,13 +298,13 @@ def committed_shards(out: str, key: str) -> dict:
     try:
         m = load_manifest(out)
         if m.cache_key == key:
-            found.update({s.path: dataclasses.asdict(s) for s in m.shards})
+            found.update({shards.shard_chunk(s.path): dataclasses.asdict(s) for s in m.shards})
     except FileNotFoundError:
         pass
-    found.update({r["shard"]["path"]: r["shard"] for r in read_commits(out)
-                  if r["cache_key"] == key})
-    return {p: info for p, info in found.items()
-            if fs.exists(f"{root}/{p}") and fs.size(f"{root}/{p}") == info["bytes"]}
+    found.update({r["chunk"]: r["shard"] for r in read_commits(out) if r["cache_key"] == key})
+    return {c: info for c, info in found.items()
+            if fs.exists(f"{root}/{info['path']}") and fs.size(f"{root}/{info['path']}")
+            == info["bytes"]}
 
 
 def copy_tokenizer(model_dir: str, out: str) -> None:

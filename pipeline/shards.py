@@ -1,7 +1,9 @@
 """Encode labelled examples as schema-v1 Arrow tables and commit them as Parquet shards.
 
-A shard is named by the content of the chunk it came from, written to a temporary name and renamed
-into place, so a retried or rerun chunk rewrites the same file and readers never see half a file.
+A shard is named ``<chunk>-<bytes>.parquet``: the content hash of the chunk it came from (what
+reuse looks up) and the hash of its own bytes. It is written to a temporary name and renamed into
+place, so readers never see half a file, and a record naming a file always describes that file's
+bytes, even when two runs label the same chunk at once.
 """
 import hashlib
 import io
@@ -15,7 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.teacher import Labels
 from pipeline.tokenize import Tokenized
-from schemas import REJECT_SCHEMA, ShardInfo, hidden_column, proj_column, row_schema
+from schemas import REJECT_SCHEMA, ShardInfo, compact, hidden_column, proj_column, row_schema
 
 ROW_GROUP_ROWS = 256
 
@@ -24,7 +26,12 @@ def chunk_name(items: list[Tokenized]) -> str:
     h = hashlib.sha256()
     for t in sorted(items, key=lambda t: t.id):
         h.update(f"{t.id}\0{t.raw_ids}\0{t.simplified_ids}\n".encode())
-    return f"part-{h.hexdigest()[:20]}.parquet"
+    return f"part-{h.hexdigest()[:20]}"
+
+
+def shard_chunk(path: str) -> str:
+    """The chunk name of a shard path (``shards/<chunk>-<bytes hash>.parquet``)."""
+    return path.rsplit("/", 1)[-1].rsplit("-", 1)[0]
 
 
 def _list_of_lists(rows: list[np.ndarray], k: int, dtype) -> pa.Array:
@@ -43,8 +50,13 @@ def _list(rows: list[np.ndarray], dtype) -> pa.Array:
 
 
 def build_table(items: list[tuple[Tokenized, Labels]], k: int, hidden_layers: tuple[int, ...],
-                metadata: dict) -> pa.Table:
-    """One raw row per example, plus a simplified row carrying the same labels when present."""
+                metadata: dict, encoding: str | None = None) -> pa.Table:
+    """One raw row per example, plus a simplified row carrying the same labels when present.
+
+    ``encoding``: "plain" (schema v1 as is) or "compact" (``schemas.compact``); None takes
+    ``metadata["encoding"]``, else plain.
+    """
+    encoding = _encoding(encoding, metadata)
     rows = []  # (id, view, ids, start, labels)
     for tok, lab in sorted(items, key=lambda x: x[0].id):
         rows.append((tok.id, "raw", tok.raw_ids, tok.raw_start, lab))
@@ -66,7 +78,18 @@ def build_table(items: list[tuple[Tokenized, Labels]], k: int, hidden_layers: tu
         proj = [r[4].proj[layer] for r in rows]
         cols[proj_column(layer)] = _list_of_lists(proj, proj[0].shape[1], np.float32)
     schema = row_schema(hidden_layers, metadata, proj_layers)
-    return pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
+    table = pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
+    return compact.encode_table(table) if encoding == "compact" else table
+
+
+def _encoding(encoding: str | None, metadata: dict) -> str:
+    meta = metadata.get("encoding")
+    if encoding is not None and meta is not None and encoding != meta:
+        raise ValueError(f"encoding {encoding!r} but metadata says {meta!r}")
+    encoding = encoding or meta or "plain"
+    if encoding not in compact.ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}: use one of {compact.ENCODINGS}")
+    return encoding
 
 
 def commit_bytes(out_dir: str, rel_path: str, data: bytes) -> None:
@@ -94,7 +117,8 @@ def parquet_bytes(table: pa.Table) -> bytes:
     if "example_id" not in table.column_names:  # rejects: plain row groups
         pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, compression="zstd")
         return buf.getvalue()
-    with pq.ParquetWriter(buf, table.schema, compression="zstd") as writer:
+    with pq.ParquetWriter(buf, table.schema, compression="zstd",
+                          **compact.parquet_options(table.schema)) as writer:
         start = 0
         for end in row_group_bounds(table["example_id"].to_pylist()):
             writer.write_table(table.slice(start, end - start), row_group_size=end - start)
@@ -103,16 +127,17 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def write_shard(out_dir: str, items: list[tuple[Tokenized, Labels]], k: int,
-                hidden_layers: tuple[int, ...], metadata: dict, rel: str | None = None
-                ) -> ShardInfo:
-    """Commit one chunk's shard at ``rel`` (default: named by the items' content; generate mode
-    names it by the chunk's prompts, known before the responses)."""
-    table = build_table(items, k, hidden_layers, metadata)
+                hidden_layers: tuple[int, ...], metadata: dict, chunk: str,
+                encoding: str | None = None) -> ShardInfo:
+    """Commit one chunk's shard (``chunk``: ``chunk_name`` of the chunk as it came in; in generate
+    mode that is the prompts, known before the responses; ``encoding``: see ``build_table``)."""
+    table = build_table(items, k, hidden_layers, metadata, encoding)
     data = parquet_bytes(table)
-    rel = rel or f"shards/{chunk_name([t for t, _ in items])}"
+    sha = hashlib.sha256(data).hexdigest()
+    rel = f"shards/{chunk}-{sha[:12]}.parquet"
     commit_bytes(out_dir, rel, data)
     tokens = pc.sum(pc.list_value_length(table["target_logprob"])).as_py()
-    return ShardInfo(rel, table.num_rows, tokens, len(data), hashlib.sha256(data).hexdigest())
+    return ShardInfo(rel, table.num_rows, tokens, len(data), sha)
 
 
 def write_rejects(out_dir: str, rejects: list[dict]) -> dict:

@@ -88,20 +88,21 @@ def load_manifest(label_dir: str, storage_options: dict | None = None) -> Manife
                                 "labelling job has not committed yet") from None
 
 
-def write_commit(label_dir: str, info: ShardInfo, cache_key: str, label_config: dict) -> None:
+def write_commit(label_dir: str, info: ShardInfo, cache_key: str, label_config: dict,
+                 chunk: str) -> None:
     """Record one durable shard before the manifest exists (what follow-mode readers poll).
 
     One small JSON object per shard, written whole (temp + rename; one PUT on object stores), so
     a reader sees a record only once its shard is in place.
     """
     fs, root = fsspec.core.url_to_fs(label_dir)
-    name = info.path.rsplit("/", 1)[-1]
-    final = f"{root}/{COMMITS_DIR}/{name}.json"
-    tmp = f"{root}/{COMMITS_DIR}/.{name}.{uuid.uuid4().hex}.tmp"
+    final = f"{root}/{COMMITS_DIR}/{chunk}.json"  # one record per input chunk, the last one wins
+    tmp = f"{root}/{COMMITS_DIR}/.{chunk}.{uuid.uuid4().hex}.tmp"
     fs.makedirs(f"{root}/{COMMITS_DIR}", exist_ok=True)
     writer = f"{socket.gethostname()}:{os.getpid()}"  # which worker committed it
     fs.pipe(tmp, json.dumps({"cache_key": cache_key, "label_config": label_config,
-                             "shard": dataclasses.asdict(info), "writer": writer}).encode())
+                             "chunk": chunk, "shard": dataclasses.asdict(info),
+                             "writer": writer}).encode())
     fs.mv(tmp, final)
 
 
@@ -117,10 +118,10 @@ def read_commits(label_dir: str) -> list[dict]:
     return [json.loads(fs.cat_file(p)) for p in paths]
 
 
-def read_commit(label_dir: str, shard_path: str) -> dict | None:
-    """The commit record of one shard, or None if that shard has not been committed."""
+def read_commit(label_dir: str, chunk: str) -> dict | None:
+    """The commit record of one input chunk, or None if no shard of it has been committed."""
     fs, root = fsspec.core.url_to_fs(label_dir)
-    path = f"{root}/{COMMITS_DIR}/{shard_path.rsplit('/', 1)[-1]}.json"
+    path = f"{root}/{COMMITS_DIR}/{chunk}.json"
     try:
         return json.loads(fs.cat_file(path))
     except FileNotFoundError:
@@ -132,7 +133,7 @@ def clear_stale_commits(label_dir: str, cache_key: str) -> int:
     fs, root = fsspec.core.url_to_fs(label_dir)
     stale = [r for r in read_commits(label_dir) if r["cache_key"] != cache_key]
     for r in stale:
-        fs.rm(f"{root}/{COMMITS_DIR}/{r['shard']['path'].rsplit('/', 1)[-1]}.json")
+        fs.rm(f"{root}/{COMMITS_DIR}/{r['chunk']}.json")
     return len(stale)
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.rows import VIEWS, row_schema
+from schemas import compact
+from schemas.rows import VIEWS, proj_column, row_schema
 
 
 class ShardError(ValueError):
@@ -30,12 +31,19 @@ def verify_shard(fs, path: str, sha256: str) -> None:
 
 
 def validate_table(table: pa.Table, top_k: int) -> None:
-    """Raise ShardError unless ``table`` is a well-formed schema-v1 label table."""
-    hidden = tuple(int(n.rsplit("l", 1)[1]) for n in table.column_names
-                   if n.startswith("hidden_mean_l"))
-    expected = row_schema(hidden)
+    """Raise ShardError unless ``table`` is a well-formed schema-v1 label table (a compact one:
+    unless it decodes to one)."""
+    try:
+        table = compact.to_plain(table)
+    except ValueError as e:
+        raise ShardError(f"the shard's labels do not decode: {e}") from None
+    def layers(prefix):
+        return tuple(int(n[len(prefix):]) for n in table.column_names if n.startswith(prefix))
+    proj = layers("hidden_proj_l")
+    expected = row_schema(layers("hidden_mean_l"), proj_layers=proj)
     if not table.schema.remove_metadata().equals(expected):
-        raise ShardError(f"schema mismatch:\n{table.schema.remove_metadata()}\nexpected\n{expected}")
+        raise ShardError(f"schema mismatch:\n{table.schema.remove_metadata()}\n"
+                         f"expected\n{expected}")
     bad_view = pc.invert(pc.is_in(table["view"], pa.array(VIEWS)))
     if pc.any(bad_view).as_py():
         raise ShardError("view must be 'raw' or 'simplified'")
@@ -46,6 +54,9 @@ def validate_table(table: pa.Table, top_k: int) -> None:
         raise ShardError("label_start + len(topk_ids) must equal len(input_ids), label_start >= 1")
     if not (pc.list_value_length(table["target_logprob"]).to_numpy() == n_resp).all():
         raise ShardError("target_logprob must have one entry per response token")
+    for layer in proj:
+        if not (pc.list_value_length(table[proj_column(layer)]).to_numpy() == n_resp).all():
+            raise ShardError(f"{proj_column(layer)} must have one entry per response token")
     inner = pc.list_value_length(pc.list_flatten(table["topk_ids"])).to_numpy()
     if not (inner == top_k).all():
         raise ShardError(f"every position must carry exactly k={top_k} teacher ids")

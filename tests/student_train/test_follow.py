@@ -8,6 +8,7 @@ import threading
 import time
 
 from schemas import ShardInfo, load_manifest
+from pipeline.shards import shard_chunk
 from schemas.manifest import write_commit
 from student_train.train import TrainConfig, train
 
@@ -33,7 +34,8 @@ def slow_writer(src: str, dst: str, metrics: str, log: list):
                 time.sleep(0.05)
             log.append(("trainer_running", has_steps(metrics)))
         shutil.copy(f"{src}/{info.path}", f"{dst}/{info.path}")
-        write_commit(dst, ShardInfo(**vars(info)), m.cache_key, m.label_config)
+        write_commit(dst, ShardInfo(**vars(info)), m.cache_key, m.label_config,
+                     shard_chunk(info.path))
         time.sleep(0.2)
     shutil.copy(f"{src}/manifest.json", f"{dst}/manifest.json")
     log.append(("final", time.time()))
