@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from schemas import ShardInfo, hidden_column, load_manifest, verify_shard
+from schemas import ShardInfo, compact, hidden_column, load_manifest, verify_shard
 from schemas.manifest import load_committed
 
 
@@ -42,15 +42,15 @@ def _offsets(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def decode_table(table: pa.Table, k: int, hidden_layers: list[int]) -> ShardArrays:
+    """A shard table (plain or compact, by its ``kd.encoding``) -> flat arrays."""
     flat_ids = pc.list_flatten(table["input_ids"]).to_numpy()
-    tk = pc.list_flatten(pc.list_flatten(table["topk_ids"])).to_numpy().reshape(-1, k)
-    tl = pc.list_flatten(pc.list_flatten(table["topk_logprobs"])).to_numpy().reshape(-1, k)
+    tk, tl = compact.topk_arrays(table, k)
     hidden = {layer: pc.list_flatten(table[hidden_column(layer)]).to_numpy()
               .reshape(table.num_rows, -1) for layer in hidden_layers}
     return ShardArrays(table["view"].to_numpy(zero_copy_only=False),
                        table["example_id"].to_numpy(zero_copy_only=False), flat_ids,
                        _offsets(table["input_ids"]), table["label_start"].to_numpy(),
-                       tk, tl, _offsets(table["topk_ids"]), hidden)
+                       tk, tl, _offsets(table[compact.position_column(table)]), hidden)
 
 
 class LabelSet:

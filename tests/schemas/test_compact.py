@@ -1,0 +1,233 @@
+"""The compact shard encoding: error bounds, plain shards unchanged, validation, trainer stream."""
+import hashlib
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.shards import build_table, parquet_bytes
+from pipeline.teacher import Labels
+from pipeline.tokenize import Tokenized
+from schemas import (Manifest, ShardError, ShardInfo, compact, read_file_metadata,
+                     validate_table, write_manifest)
+from student_train import losses
+from student_train.stream import LabelSet, batches
+
+VOCAB = 3000
+
+
+def teacher_topk(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) ids and log-probs of heavy-tailed distributions over VOCAB tokens: a Zipf prior
+    plus Gumbel noise plus a few boosted tokens (top-1 probability from ~0.1 to ~1)."""
+    rng = np.random.default_rng(seed)
+    z = -np.log(np.arange(1, VOCAB + 1)) + rng.gumbel(size=(n, VOCAB))
+    for i in range(n):
+        z[i, rng.choice(VOCAB, 3, replace=False)] += rng.uniform(2, 14) - np.array([0, 1.5, 3])
+    lp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    ids = np.argsort(-lp, axis=1)[:, :k]
+    return ids.astype(np.int32), np.take_along_axis(lp, ids, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("bits,tau", [(8, 2.0), (8, 4.0), (5, 2.0)])
+def test_round_trip_within_the_code_cells(bits, tau):
+    ids, lp = teacher_topk(400, 32)
+    deltas, codes, logmass = compact.encode_topk(ids, lp, bits, tau)
+    assert deltas.dtype == np.int32 and codes.dtype == np.uint8 and codes.max() < 2 ** bits
+    d_ids, d_lp = compact.decode_topk(deltas, codes, logmass, bits, tau)
+    assert d_ids.shape == d_lp.shape == ids.shape
+    assert (np.diff(d_lp, axis=1) <= 0).all()  # descending probability, as plain shards
+    # ids exactly preserved, each with its own value: align both by id
+    o, d_o = np.argsort(ids, 1), np.argsort(d_ids, 1)
+    assert np.array_equal(np.take_along_axis(ids, o, 1), np.take_along_axis(d_ids, d_o, 1))
+    x = (lp.max(1, keepdims=True) - lp).astype(np.float64)
+    d_x = (d_lp.max(1, keepdims=True) - d_lp).astype(np.float64)
+    x, d_x = np.take_along_axis(x, o, 1), np.take_along_axis(d_x, d_o, 1)
+    lo, hi = compact.code_cells(codes, bits, tau)  # codes come in ascending id order
+    assert (x >= lo - 1e-4).all() and (x <= hi + 1e-4).all()      # stored value in its cell
+    assert (d_x >= lo - 1e-4).all() and (d_x <= hi + 1e-4).all()  # decoded value in that cell
+    # the top-k mass, hence the tail bucket, is kept
+    mass = np.log(np.exp(lp.astype(np.float64)).sum(1))
+    assert np.allclose(np.log(np.exp(d_lp.astype(np.float64)).sum(1)), mass, atol=1e-5)
+    kl = compact.topk_kl(ids, lp, d_ids, d_lp)
+    assert (kl >= -1e-7).all()
+    # small-error expansion: KL ~ 1/2 sum_i p_i var(error_i); a cell at ratio r = p_i / p_max is
+    # tau * r**(-1/tau) / q wide, so for tau >= 2 each entry adds at most p_max tau^2 / (24 q^2)
+    q = 2 ** bits - 1
+    assert kl.mean() < 2 * 32 * tau ** 2 / (24 * q ** 2)
+
+
+def test_coarser_codes_cost_more_kl():
+    ids, lp = teacher_topk(300, 64, seed=1)
+    kls = []
+    for bits in (4, 6, 8):
+        d_ids, d_lp = compact.decode_topk(*compact.encode_topk(ids, lp, bits), bits)
+        kls.append(compact.topk_kl(ids, lp, d_ids, d_lp).mean())
+    assert kls[0] > kls[1] > kls[2] and kls[2] < 2e-4
+
+
+def test_topk_kl_is_zero_for_the_same_labels_and_sees_a_change():
+    ids, lp = teacher_topk(50, 16, seed=2)
+    perm = np.random.default_rng(0).permutation(16)
+    assert np.allclose(compact.topk_kl(ids, lp, ids[:, perm], lp[:, perm]), 0, atol=1e-12)
+    moved = lp.copy()
+    moved[:, 1] -= 1.0
+    assert (compact.topk_kl(ids, lp, ids, moved) > 1e-4).all()
+    with pytest.raises(ValueError, match="same ids"):
+        compact.topk_kl(ids, lp, ids + 1, lp)
+
+
+def test_encode_refuses_duplicate_ids_and_nan():
+    ids, lp = teacher_topk(5, 8)
+    bad = ids.copy()
+    bad[2, 3] = bad[2, 0]
+    with pytest.raises(ValueError, match="distinct"):
+        compact.encode_topk(bad, lp)
+    nan = lp.copy()
+    nan[1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        compact.encode_topk(ids, nan)
+
+
+def items(n=12, k=16, d=5, seed=0, simplified=True):
+    """Examples with teacher-like labels (distinct ids per position), no teacher involved."""
+    rng = np.random.default_rng(seed)
+    out, start = [], 0
+    n_resp = rng.integers(2, 9, n)
+    ids, lp = teacher_topk(int(n_resp.sum()), k, seed)
+    for i, m in enumerate(n_resp):
+        resp = rng.integers(5, VOCAB, m).tolist()
+        lab = Labels(ids[start:start + m], lp[start:start + m], lp[start:start + m, 0].copy(),
+                     {2: rng.random(d).astype(np.float32)})
+        start += m
+        simp = ([1, 3] + resp, 2) if simplified else (None, None)
+        out.append((Tokenized(f"id{i:03d}", [1, 7, 8, 9] + resp, 4, *simp), lab))
+    return out
+
+
+def label_bytes(data: bytes) -> int:
+    """Compressed bytes of a shard's top-k and target columns (from the Parquet footer)."""
+    md = pq.ParquetFile(io.BytesIO(data)).metadata
+    return sum(md.row_group(g).column(c).total_compressed_size
+               for g in range(md.num_row_groups) for c in range(md.num_columns)
+               if md.row_group(g).column(c).path_in_schema.startswith(("topk_", "target_")))
+
+
+def test_plain_shards_are_unchanged():
+    its = items()
+    default = build_table(its, 16, (2,), {"k": 16})
+    plain = build_table(its, 16, (2,), {"k": 16}, encoding="plain")
+    assert default.equals(plain) and default.schema.metadata == plain.schema.metadata
+    assert parquet_bytes(default) == parquet_bytes(plain)
+    assert b"kd.encoding" not in default.schema.metadata
+    assert compact.encoding_of(default.schema) == ("plain", {})
+    assert {"topk_ids", "topk_logprobs"} <= set(default.column_names)
+    back = pq.read_table(io.BytesIO(parquet_bytes(plain)))  # any Parquet reader: no project code
+    assert back["topk_ids"].to_pylist() == default["topk_ids"].to_pylist()
+
+
+def test_compact_table_round_trip_and_validation(tmp_path):
+    its = items()
+    plain = build_table(its, 16, (2,), {"k": 16})
+    table = build_table(its, 16, (2,), {"k": 16}, encoding="compact")
+    assert not {"topk_ids", "topk_logprobs"} & set(table.column_names)
+    assert table["topk_codes"].type == pa.list_(pa.list_(pa.uint8()))
+    data = parquet_bytes(table)
+    assert label_bytes(data) < 0.6 * label_bytes(parquet_bytes(plain))
+    (tmp_path / "c.parquet").write_bytes(data)
+    meta = read_file_metadata(str(tmp_path / "c.parquet"))
+    assert meta["encoding"] == "compact" and meta["encoding_params"] == {"bits": 8, "tau": 2.0}
+    back = pq.read_table(tmp_path / "c.parquet")
+    validate_table(back, 16)
+    decoded = compact.to_plain(back)
+    validate_table(decoded, 16)
+    assert decoded.column_names == plain.column_names
+    assert b"kd.encoding" not in decoded.schema.metadata
+    for col in ("example_id", "view", "input_ids", "label_start", "target_logprob",
+                "hidden_mean_l2"):
+        assert decoded[col].to_pylist() == plain[col].to_pylist()
+    p_ids, p_lp = compact.topk_arrays(plain, 16)
+    d_ids, d_lp = compact.topk_arrays(decoded, 16)
+    assert compact.topk_kl(p_ids, p_lp, d_ids, d_lp).max() < 1e-3
+    # the encoding may also come from the metadata the job passes
+    via_meta = build_table(its, 16, (2,), {"k": 16, "encoding": "compact"})
+    assert compact.encoding_of(via_meta.schema)[0] == "compact"
+    with pytest.raises(ValueError, match="metadata says"):
+        build_table(its, 16, (2,), {"encoding": "compact"}, encoding="plain")
+    with pytest.raises(ValueError, match="unknown encoding"):
+        build_table(its, 16, (2,), {}, encoding="zip")
+
+
+def test_validation_rejects_broken_compact_shards():
+    table = build_table(items(), 16, (2,), {}, encoding="compact")
+    validate_table(table, 16)
+    with pytest.raises(ShardError, match="exactly k=8"):
+        validate_table(table, 8)
+    col = table.schema.get_field_index("topk_id_deltas")
+    deltas = table["topk_id_deltas"].to_pylist()
+    deltas[0][0][1] = 0  # a repeated id
+    field = table.schema.field(col)
+    bad = table.set_column(col, field, pa.array(deltas, field.type))
+    with pytest.raises(ShardError, match="distinct"):
+        validate_table(bad, 16)
+    meta = dict(table.schema.metadata)
+    meta[b"kd.encoding_params"] = json.dumps({"bits": 4, "tau": 2.0}).encode()
+    with pytest.raises(ShardError, match="above 15"):  # codes of 8 bits read as 4-bit codes
+        validate_table(table.replace_schema_metadata(meta), 16)
+    meta[b"kd.encoding"] = json.dumps("zip").encode()
+    with pytest.raises(ShardError, match="unknown shard encoding"):
+        validate_table(table.replace_schema_metadata(meta), 16)
+    wide = table.set_column(col, "topk_id_deltas", table["topk_id_deltas"].cast(
+        pa.list_(pa.list_(pa.int64()))))
+    with pytest.raises(ShardError, match="topk_id_deltas"):
+        validate_table(wide, 16)
+
+
+def write_label_set(out, its, k, encoding, shard_size=5):
+    """A label set on disk by hand (build_table + parquet_bytes + manifest), no teacher."""
+    infos = []
+    for s in range(0, len(its), shard_size):
+        table = build_table(its[s:s + shard_size], k, (2,), {"k": k}, encoding=encoding)
+        data = parquet_bytes(table)
+        rel = f"shards/part-{s:04d}.parquet"
+        (out / "shards").mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+        tokens = sum(len(r) for r in table["target_logprob"].to_pylist())
+        infos.append(ShardInfo(rel, table.num_rows, tokens, len(data),
+                               hashlib.sha256(data).hexdigest()))
+    write_manifest(str(out), Manifest(1, "test", {"path": "synthetic"}, "synthetic",
+                                      {"top_k": k, "hidden_layers": [2], "encoding": encoding},
+                                      infos, {"path": "", "rows": 0}, {"rows_in": len(its)}))
+    return str(out)
+
+
+def test_trainer_stream_reads_compact_label_sets(tmp_path):
+    its = items(n=20, k=16)
+    plain = LabelSet(write_label_set(tmp_path / "plain", its, 16, "plain"))
+    comp = LabelSet(write_label_set(tmp_path / "compact", its, 16, "compact"))
+    assert sum(s.bytes for s in comp.shards) < sum(s.bytes for s in plain.shards)
+    # whole-shard reads and row-group reads give (T, k) arrays the trainer can use
+    arr, _ = comp.shard(0)
+    p_arr, _ = plain.shard(0)
+    assert arr.topk_ids.shape == p_arr.topk_ids.shape == (p_arr.tok_off[-1], 16)
+    assert np.array_equal(arr.tok_off, p_arr.tok_off)
+    assert compact.topk_kl(p_arr.topk_ids, p_arr.topk_lp, arr.topk_ids, arr.topk_lp).max() < 1e-3
+    (rg, _), = list(comp.row_groups(1))
+    assert rg.topk_ids.shape[1] == 16 and rg.topk_lp.dtype == np.float32
+    n = 0
+    for ((pos, a), (pos2, b)) in zip(batches(plain, 4, seed=1), batches(comp, 4, seed=1)):
+        assert pos == pos2 and torch.equal(a.input_ids, b.input_ids)
+        assert torch.equal(a.targets, b.targets)
+        assert torch.equal(a.topk_ids.sort(-1).values, b.topk_ids.sort(-1).values)
+        g = torch.Generator().manual_seed(n)
+        logits = torch.randn(a.topk_ids.shape[0], VOCAB, generator=g)
+        la = losses.sparse_kd_loss(logits, a.topk_ids, a.topk_logprobs)
+        lb = losses.sparse_kd_loss(logits, b.topk_ids, b.topk_logprobs)
+        assert torch.allclose(la, lb, rtol=5e-3, atol=1e-4)  # loss of a random student
+        n += 1
+        if n == 12:  # crosses an epoch (40 rows / 4 = 10 batches)
+            break
+    assert n == 12
