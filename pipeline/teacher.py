@@ -35,6 +35,9 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this p
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the job prints its own progress
 
 
+LOGITS_BUDGET = 1 << 26  # elements of one block of fp32 log-probs (256 MB)
+
+
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
     model_dir: str
@@ -176,23 +179,34 @@ class VllmTeacher:
         proj = None
         if cfg.proj_dim:
             proj = torch.from_numpy(projection_matrix(d, cfg.proj_dim, cfg.proj_seed))
-        result = []
+        n_resp = [len(seq) - start for seq, start in zip(seqs, starts)]
+        # position p's final state predicts token p + 1: the states before each response token
+        states = torch.cat([out.outputs.data[start - 1:len(seq) - 1, :d]
+                            for seq, start, out in zip(seqs, starts, outs)])
+        targets = torch.tensor([t for seq, start in zip(seqs, starts) for t in seq[start:]])
+        top_ids, top_lp, target_lp = [], [], []
+        rows = max(1, LOGITS_BUDGET // self.head.shape[0])  # bound the (rows, V) logits
         with torch.no_grad():
-            for seq, start, out in zip(seqs, starts, outs):
-                data = out.outputs.data  # (n, d * (1 + len(aux))): [final | aux layers]
-                states = data[:, :d]     # position p's final state predicts token p + 1
-                lp = self.logprobs(states[start - 1:len(seq) - 1])
+            for i in range(0, len(states), rows):  # all sequences' positions, in blocks
+                lp = self.logprobs(states[i:i + rows])
                 top = lp.topk(k, dim=-1)
-                target = lp.gather(1, torch.tensor(seq[start:], device=lp.device)[:, None])[:, 0]
-                hidden, projected = {}, {}
-                for layer in cfg.hidden_layers:
-                    span = data[start:len(seq), slot[layer] * d:(slot[layer] + 1) * d].float().cpu()
-                    hidden[layer] = span.mean(0).numpy()
-                    if proj is not None:
-                        projected[layer] = (span @ proj).numpy()
-                result.append(Labels(top.indices.int().cpu().numpy(),
-                                     top.values.cpu().numpy().astype(np.float32),
-                                     target.cpu().numpy().astype(np.float32), hidden, projected))
+                top_ids.append(top.indices.int().cpu())
+                top_lp.append(top.values.cpu())
+                target_lp.append(lp.gather(1, targets[i:i + rows, None].to(lp.device))[:, 0].cpu())
+        split = np.cumsum(n_resp)[:-1]
+        top_ids = np.split(torch.cat(top_ids).numpy(), split)
+        top_lp = np.split(torch.cat(top_lp).numpy().astype(np.float32), split)
+        target_lp = np.split(torch.cat(target_lp).numpy().astype(np.float32), split)
+        result = []
+        for i, (seq, start, out) in enumerate(zip(seqs, starts, outs)):
+            data = out.outputs.data  # (n, d * (1 + len(aux))): [final | aux layers]
+            hidden, projected = {}, {}
+            for layer in cfg.hidden_layers:
+                span = data[start:len(seq), slot[layer] * d:(slot[layer] + 1) * d].float().cpu()
+                hidden[layer] = span.mean(0).numpy()
+                if proj is not None:
+                    projected[layer] = (span @ proj).numpy()
+            result.append(Labels(top_ids[i], top_lp[i], target_lp[i], hidden, projected))
         return result
 
     def shutdown(self) -> None:
