@@ -10,8 +10,9 @@ A compact shard has the columns of a plain (schema v1) shard except that ``topk_
   ``r = p_i / p_max`` the probability ratio to the position's most likely token,
   ``code = round(Q * (1 - r ** (1 / tau)))``, ``Q = 2**bits - 1``. With tau = 2 this quantises
   ``sqrt(r)`` uniformly: fine steps near the top of the distribution, coarse ones far below it,
-  which is about where a KL divergence is least sensitive to error. Code 0 is the top entry
-  exactly; code Q holds everything below the last step (r < (1 / (2Q)) ** tau).
+  where an error in log p costs the KL divergence little (with tau = 2 every entry adds about
+  the same expected error). Code 0 is the top entry exactly; code Q holds everything below the
+  last step (r <= (1 / (2Q)) ** tau).
 - ``topk_logmass`` list<float32>: ``log(sum_i p_i)`` over the k stored entries (<= 0), so the
   tail bucket ``1 - sum p`` survives decoding unchanged.
 
@@ -19,7 +20,8 @@ Decoding turns each code back into a ratio (the code's value; code Q: the middle
 scales the k ratios so that they sum to ``exp(topk_logmass)``, and sorts by descending
 probability (ties by ascending id). Ids come back exactly; each log-prob relative to the top one
 comes back within its code's cell. ``target_logprob`` and every other column are unchanged.
-All numeric columns are written with Parquet's BYTE_STREAM_SPLIT encoding and no dictionary.
+These four label columns (``target_logprob`` included) are written with Parquet's
+BYTE_STREAM_SPLIT encoding and no dictionary; the others as in plain shards.
 
 The shard's ``kd.encoding`` metadata names the encoding (absent = ``plain``) and
 ``kd.encoding_params`` holds ``{"bits", "tau"}``. Plain shards need no project code to read;
@@ -35,7 +37,10 @@ from schemas.rows import META_PREFIX, row_schema
 
 ENCODINGS = ("plain", "compact")
 DEFAULT_PARAMS = {"bits": 8, "tau": 2.0}
-COMPACT_COLUMNS = ("topk_id_deltas", "topk_codes", "topk_logmass")
+COMPACT_FIELDS = (pa.field("topk_id_deltas", pa.list_(pa.list_(pa.int32())), nullable=False),
+                  pa.field("topk_codes", pa.list_(pa.list_(pa.uint8())), nullable=False),
+                  pa.field("topk_logmass", pa.list_(pa.float32()), nullable=False))
+COMPACT_COLUMNS = tuple(f.name for f in COMPACT_FIELDS)
 _ENC_KEY = f"{META_PREFIX}encoding".encode()
 _PARAMS_KEY = f"{META_PREFIX}encoding_params".encode()
 
@@ -50,11 +55,6 @@ def encoding_of(schema: pa.Schema) -> tuple[str, dict]:
     if name == "compact":
         params = {**DEFAULT_PARAMS, **params}
     return name, params
-
-
-COMPACT_FIELDS = (pa.field("topk_id_deltas", pa.list_(pa.list_(pa.int32())), nullable=False),
-                  pa.field("topk_codes", pa.list_(pa.list_(pa.uint8())), nullable=False),
-                  pa.field("topk_logmass", pa.list_(pa.float32()), nullable=False))
 
 
 def compact_schema(plain: pa.Schema, params: dict | None = None) -> pa.Schema:
@@ -119,44 +119,44 @@ def quantise(logprobs: np.ndarray, bits: int = 8,
              tau: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """(T, k) log-probs (any order) -> (T, k) uint8 codes in the same order, (T,) log mass."""
     _check_params(bits, tau)
-    lp = np.asarray(logprobs, dtype=np.float64)
+    lp = np.asarray(logprobs, dtype=np.float32)  # float32 is ample for 8-bit codes
     if np.isnan(lp).any() or np.isposinf(lp).any():
         raise ValueError("top-k log-probs must not be NaN or +inf")
-    x = lp.max(axis=1, keepdims=True) - lp  # >= 0; +inf for a -inf log-prob
+    neg_x = lp - lp.max(axis=1, keepdims=True)  # log(p_i / p_max) <= 0; -inf for a -inf log-prob
     q = 2 ** bits - 1
-    codes = np.rint(-np.expm1(-x / tau) * q).astype(np.uint8)
-    logmass = np.minimum(_logsumexp(lp), 0.0).astype(np.float32)
+    codes = np.rint(np.expm1(neg_x * np.float32(1 / tau)) * np.float32(-q)).astype(np.uint8)
+    logmass = np.minimum(_logsumexp(lp.astype(np.float64)), 0.0).astype(np.float32)
     return codes, logmass
 
 
 def dequantise(codes: np.ndarray, logmass: np.ndarray, bits: int = 8,
                tau: float = 2.0) -> np.ndarray:
     """(T, k) codes and (T,) log mass -> (T, k) float32 log-probs in the codes' order."""
-    neg_x = -code_values(bits, tau)[codes]
-    return (logmass[:, None] + neg_x - _logsumexp(neg_x)[:, None]).astype(np.float32)
+    neg_x = (-code_values(bits, tau)).astype(np.float32)[codes]
+    return (logmass[:, None] + neg_x - _logsumexp(neg_x)[:, None]).astype(np.float32, copy=False)
 
 
 def encode_topk(ids: np.ndarray, logprobs: np.ndarray, bits: int = 8,
                 tau: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(T, k) ids and log-probs -> (T, k) int32 id deltas, (T, k) uint8 codes, (T,) log mass."""
-    ids = np.asarray(ids)
-    order = np.argsort(ids, axis=1, kind="stable")
-    sid = np.take_along_axis(ids, order, axis=1).astype(np.int64)
-    deltas = np.diff(sid, axis=1, prepend=0)
+    ids = np.asarray(ids, dtype=np.int32)
+    order = np.argsort(ids, axis=1)  # ids are distinct: no need for a stable sort
+    sid = np.take_along_axis(ids, order, axis=1)
+    deltas = np.diff(sid, axis=1, prepend=np.int32(0))
     if sid.size and ((deltas[:, 1:] <= 0).any() or (sid[:, 0] < 0).any()):
         raise ValueError("top-k ids must be distinct and >= 0 at every position")
     codes, logmass = quantise(np.take_along_axis(np.asarray(logprobs), order, axis=1), bits, tau)
-    return deltas.astype(np.int32), codes, logmass
+    return deltas, codes, logmass
 
 
 def decode_topk(deltas: np.ndarray, codes: np.ndarray, logmass: np.ndarray, bits: int = 8,
                 tau: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """The inverse of :func:`encode_topk`: (T, k) int32 ids and float32 log-probs, sorted by
     descending probability (ties by ascending id)."""
-    ids = np.cumsum(deltas, axis=1, dtype=np.int64)
+    ids = np.cumsum(deltas, axis=1, dtype=np.int32)
     order = np.argsort(codes, axis=1, kind="stable")  # code order = descending probability
     lp = dequantise(np.take_along_axis(codes, order, axis=1), logmass, bits, tau)
-    return np.take_along_axis(ids, order, axis=1).astype(np.int32), lp
+    return np.take_along_axis(ids, order, axis=1), lp
 
 
 def _nested(flat: np.ndarray, k: int, positions: np.ndarray) -> pa.Array:
