@@ -43,6 +43,10 @@ def add_parser(sub) -> None:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0,
                      help="each example samples with a seed drawn from (seed, example id)")
+    ap.add_argument("--encoding", choices=["plain", "compact"], default="plain",
+                    help="plain: schema v1, readable with pyarrow alone; compact: sorted "
+                         "delta-coded ids + 8-bit log-prob codes, decoded by schemas.compact "
+                         "(sizes and error: docs/BENCHMARKS.md)")
     ap.add_argument("--shard-rows", type=int, default=512,
                     help="raw input lines per chunk; a chunk becomes one shard")
     ap.add_argument("--too-long", choices=["reject", "truncate"], default="reject",
@@ -111,7 +115,8 @@ def main(args, beam_args: list[str]) -> int:
                                        args.shard_rows, args.too_long == "truncate", args.mode,
                                        columns, args.chat_template,
                                        SamplingConfig(args.max_new_tokens, args.temperature,
-                                                      args.top_p, args.seed)), beam_args,
+                                                      args.top_p, args.seed), args.encoding),
+                          beam_args,
                           progress=args.progress)
     finally:
         shutdown_all()

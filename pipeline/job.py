@@ -46,6 +46,7 @@ class LabelJob:
     columns: tuple = ()     # (our field, input field) pairs: a column mapping
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template
     sampling: SamplingConfig = SamplingConfig()  # generate mode only
+    encoding: str = "plain"  # shard encoding: plain (schema v1) or compact (schemas.compact)
 
 
 def split_rejects(element):
@@ -94,10 +95,11 @@ class LabelChunkFn(beam.DoFn):
     the teacher first writes the chunk's responses."""
 
     def __init__(self, cfg: TeacherConfig, out: str, metadata: dict, label_config: dict,
-                 existing: dict, sampling: SamplingConfig | None = None, max_len: int = 0):
+                 existing: dict, sampling: SamplingConfig | None = None, max_len: int = 0,
+                 encoding: str = "plain"):
         self.cfg, self.out, self.metadata, self.label_config = cfg, out, metadata, label_config
         self.existing = existing  # chunk -> ShardInfo dict, committed earlier with this key
-        self.sampling, self.max_len = sampling, max_len
+        self.sampling, self.max_len, self.encoding = sampling, max_len, encoding
 
     def setup(self):
         self.teacher = None  # started on the first chunk that needs labelling
@@ -121,7 +123,8 @@ class LabelChunkFn(beam.DoFn):
             items = self.generate(items)
         labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items])
         info = shards.write_shard(self.out, list(zip(items, labels)), self.cfg.top_k,
-                                  self.cfg.hidden_layers, self.metadata, chunk)
+                                  self.cfg.hidden_layers, self.metadata, chunk,
+                                  self.encoding)
         write_commit(self.out, info, self.metadata["cache_key"], self.label_config, chunk)
         dt = time.perf_counter() - t0
         log.info("committed %s: %d rows, %d labelled tokens, %.0f tokens/s", info.path,
@@ -190,7 +193,8 @@ def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict,
              | "GroupChunks" >> beam.GroupByKey()
              | "LabelOrReuse" >> beam.ParDo(LabelChunkFn(
                  cfg, job.out, metadata, header["label_config"], existing,
-                 job.sampling if job.mode == "generate" else None, max_len)))
+                 job.sampling if job.mode == "generate" else None, max_len,
+                 job.encoding)))
     rejects = ([out[REJECTED] for out in parsed.values()] + [paired[REJECTED], toks[REJECTED]]
                | "AllRejects" >> beam.Flatten())
     rejects_info = (rejects | "CollectRejects" >> beam.combiners.ToList()
@@ -256,6 +260,7 @@ def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
     if job.mode == "text" and job.simplified:
         raise ValueError("plain text mode labels single texts: no simplified input")
     label_config = {"mode": job.mode, "top_k": cfg.top_k, "chat_template": job.chat_template,
+                    "encoding": job.encoding,
                     "too_long": "truncate" if job.truncate else "reject",
                     "hidden_layers": list(cfg.hidden_layers), "hidden_pooling": "mean_response",
                     "dtype": cfg.dtype or checkpoint_dtype(mcfg),

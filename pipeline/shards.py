@@ -50,13 +50,13 @@ def _list(rows: list[np.ndarray], dtype) -> pa.Array:
 
 
 def build_table(items: list[tuple[Tokenized, Labels]], k: int, hidden_layers: tuple[int, ...],
-                metadata: dict, encoding: str | None = None) -> pa.Table:
+                metadata: dict, encoding: str = "plain") -> pa.Table:
     """One raw row per example, plus a simplified row carrying the same labels when present.
 
-    ``encoding``: "plain" (schema v1 as is) or "compact" (``schemas.compact``); None takes
-    ``metadata["encoding"]``, else plain.
+    ``encoding``: "plain" (schema v1 as is) or "compact" (``schemas.compact``).
     """
-    encoding = _encoding(encoding, metadata)
+    if encoding not in compact.ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}: use one of {compact.ENCODINGS}")
     rows = []  # (id, view, ids, start, labels)
     for tok, lab in sorted(items, key=lambda x: x[0].id):
         rows.append((tok.id, "raw", tok.raw_ids, tok.raw_start, lab))
@@ -80,16 +80,6 @@ def build_table(items: list[tuple[Tokenized, Labels]], k: int, hidden_layers: tu
     schema = row_schema(hidden_layers, metadata, proj_layers)
     table = pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
     return compact.encode_table(table) if encoding == "compact" else table
-
-
-def _encoding(encoding: str | None, metadata: dict) -> str:
-    meta = metadata.get("encoding")
-    if encoding is not None and meta is not None and encoding != meta:
-        raise ValueError(f"encoding {encoding!r} but metadata says {meta!r}")
-    encoding = encoding or meta or "plain"
-    if encoding not in compact.ENCODINGS:
-        raise ValueError(f"unknown encoding {encoding!r}: use one of {compact.ENCODINGS}")
-    return encoding
 
 
 def commit_bytes(out_dir: str, rel_path: str, data: bytes) -> None:
@@ -128,7 +118,7 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 def write_shard(out_dir: str, items: list[tuple[Tokenized, Labels]], k: int,
                 hidden_layers: tuple[int, ...], metadata: dict, chunk: str,
-                encoding: str | None = None) -> ShardInfo:
+                encoding: str = "plain") -> ShardInfo:
     """Commit one chunk's shard (``chunk``: ``chunk_name`` of the chunk as it came in; in generate
     mode that is the prompts, known before the responses; ``encoding``: see ``build_table``)."""
     table = build_table(items, k, hidden_layers, metadata, encoding)

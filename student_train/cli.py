@@ -35,6 +35,9 @@ def add_parsers(sub) -> None:
                     help="renormalise the teacher over its top k instead of a tail bucket")
     tr.add_argument("--hidden-weight", type=float, help="weight of the hidden-state loss (0 = off)")
     tr.add_argument("--hidden-loss", choices=["mse", "cosine"])
+    tr.add_argument("--hidden-target", choices=["mean", "tokens"],
+                    help="mean: match the teacher's response-span summaries; tokens: match its "
+                         "per-token projections (label set made with --hidden-proj-dim)")
     tr.add_argument("--views", help="comma-separated views to train on (raw,simplified)")
     tr.add_argument("--simplified-ratio", type=float,
                     help="mix views by ratio: each example trains on its simplified row with "

@@ -51,14 +51,17 @@ class Distiller(torch.nn.Module):
 
     ``forward(batch)`` returns the student's final hidden states at the N labelled positions
     (N, d) and, per mapped teacher layer, the projected student summary (mean over the response
-    span). ``head(h)`` applies the LM head; callers apply it chunk by chunk, so a full-vocabulary
+    span), or with ``per_token`` the projected student state at every response token (N, r),
+    matched to the teacher's stored per-token projections. ``head(h)`` applies the LM head; callers apply it chunk by chunk, so a full-vocabulary
     tensor exists for one chunk of positions at a time, never for (B, L, V).
     """
 
     def __init__(self, student, teacher_hidden_layers: list[int], teacher_dim: int | None,
-                 layer_map: dict | None = None, teacher_layers: int | None = None):
+                 layer_map: dict | None = None, teacher_layers: int | None = None,
+                 per_token: bool = False):
         super().__init__()
         self.student = student
+        self.per_token = per_token
         n_student = student.config.num_hidden_layers
         if teacher_hidden_layers:
             layer_map = ({int(k): int(v) for k, v in layer_map.items()} if layer_map else
@@ -84,6 +87,9 @@ class Distiller(torch.nn.Module):
             count = torch.bincount(batch.pos_b, minlength=batch.input_ids.shape[0]).clamp(min=1)
             for s_layer, t_layer in self.layer_map.items():
                 hs = out.hidden_states[s_layer][batch.pos_b, batch.pos_t + 1]
+                if self.per_token:
+                    summaries[t_layer] = self.proj[str(t_layer)](hs)
+                    continue
                 pooled = torch.zeros(batch.input_ids.shape[0], hs.shape[-1], dtype=hs.dtype,
                                      device=hs.device).index_add_(0, batch.pos_b, hs)
                 summaries[t_layer] = self.proj[str(t_layer)](pooled / count[:, None].to(hs.dtype))

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from schemas import ShardInfo, compact, hidden_column, load_manifest, verify_shard
+from schemas import ShardInfo, compact, hidden_column, load_manifest, proj_column, verify_shard
 from schemas.manifest import load_committed
 
 
@@ -34,23 +34,31 @@ class ShardArrays:
     topk_ids: np.ndarray      # (T, k) over all response tokens of the shard
     topk_lp: np.ndarray       # (T, k)
     tok_off: np.ndarray       # (R+1,) offsets into the T axis
-    hidden: dict              # teacher layer -> (R, d) summaries
+    hidden: dict              # teacher layer -> (R, d) summaries, or (T, r) per-token projections
+    hidden_per_token: bool = False
 
 
 def _offsets(col: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(pc.list_value_length(col).to_numpy())])
 
 
-def decode_table(table: pa.Table, k: int, hidden_layers: list[int]) -> ShardArrays:
-    """A shard table (plain or compact, by its ``kd.encoding``) -> flat arrays."""
+def decode_table(table: pa.Table, k: int, hidden_layers: list[int],
+                 per_token: bool = False) -> ShardArrays:
+    """A shard table (plain or compact, by its ``kd.encoding``) -> flat arrays. ``per_token``:
+    hidden targets are the per-token projections ``hidden_proj_l<L>`` instead of the means."""
     flat_ids = pc.list_flatten(table["input_ids"]).to_numpy()
     tk, tl = compact.topk_arrays(table, k)
-    hidden = {layer: pc.list_flatten(table[hidden_column(layer)]).to_numpy()
-              .reshape(table.num_rows, -1) for layer in hidden_layers}
+    if per_token:
+        hidden = {layer: pc.list_flatten(pc.list_flatten(table[proj_column(layer)])).to_numpy()
+                  .reshape(len(tk), -1) for layer in hidden_layers}
+    else:
+        hidden = {layer: pc.list_flatten(table[hidden_column(layer)]).to_numpy()
+                  .reshape(table.num_rows, -1) for layer in hidden_layers}
     return ShardArrays(table["view"].to_numpy(zero_copy_only=False),
                        table["example_id"].to_numpy(zero_copy_only=False), flat_ids,
                        _offsets(table["input_ids"]), table["label_start"].to_numpy(),
-                       tk, tl, _offsets(table[compact.position_column(table)]), hidden)
+                       tk, tl, _offsets(table[compact.position_column(table)]), hidden,
+                       per_token)
 
 
 class LabelSet:
@@ -59,11 +67,13 @@ class LabelSet:
 
     def __init__(self, path: str, views: tuple[str, ...] = ("raw", "simplified"),
                  verify: bool = True, follow: bool = False, poll: float = 2.0,
-                 timeout: float = 3600.0, simplified_ratio: float | None = None):
+                 timeout: float = 3600.0, simplified_ratio: float | None = None,
+                 hidden_per_token: bool = False):
         self.path = path.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.path)
         self.views, self.verify, self.poll = views, verify, poll
         self.simplified_ratio = simplified_ratio
+        self.hidden_per_token = hidden_per_token
         self.shards: list[ShardInfo] = []
         self.final = False
         self.label_config: dict | None = None
@@ -82,6 +92,11 @@ class LabelSet:
         self.hidden_layers = list(lc.get("hidden_layers") or [])
         self.hidden_dim = lc.get("hidden_size")
         self.teacher_layers = lc.get("teacher_num_layers")
+        if hidden_per_token:
+            if not lc.get("hidden_proj"):
+                raise ValueError(f"{path} stores no per-token projections: label it with "
+                                 "`kd label --hidden-proj-dim R`")
+            self.hidden_dim = int(lc["hidden_proj"]["dim"])
         if self.hidden_layers and self.hidden_dim is None and self.num_shards:
             self.hidden_dim = next(iter(self.shard(0)[0].hidden.values())).shape[1]
 
@@ -144,7 +159,8 @@ class LabelSet:
     def shard(self, i: int) -> tuple[ShardArrays, np.ndarray]:
         """Shard i decoded whole, and the indices of its rows in the selected views."""
         if i not in self._cache:
-            arrays = decode_table(self._open(i).read(), self.k, self.hidden_layers)
+            arrays = decode_table(self._open(i).read(), self.k, self.hidden_layers,
+                                  self.hidden_per_token)
             self._cache = {i: (arrays, self._select(arrays))}  # one shard at a time
         return self._cache[i]
 
@@ -152,7 +168,8 @@ class LabelSet:
         """Shard i one Parquet row group at a time: (decoded arrays, selected row indices)."""
         pf = self._open(i)
         for g in range(pf.num_row_groups):
-            arrays = decode_table(pf.read_row_group(g), self.k, self.hidden_layers)
+            arrays = decode_table(pf.read_row_group(g), self.k, self.hidden_layers,
+                                  self.hidden_per_token)
             yield arrays, self._select(arrays)
 
     def tokenizer_dir(self) -> str:
@@ -176,7 +193,7 @@ class Batch:
     targets: torch.Tensor         # (N,) the true token
     topk_ids: torch.Tensor        # (N, k)
     topk_logprobs: torch.Tensor   # (N, k)
-    hidden: dict                  # teacher layer -> (B, d) summary
+    hidden: dict                  # teacher layer -> (B, d) summary, or (N, r) per token
 
     def to(self, device) -> "Batch":
         if device.type == "cpu":
@@ -197,7 +214,8 @@ def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Bat
             tk.append(arr.topk_ids[arr.tok_off[r]:arr.tok_off[r + 1]])
             tl.append(arr.topk_lp[arr.tok_off[r]:arr.tok_off[r + 1]])
             for layer, h in arr.hidden.items():
-                hid[layer].append(h[r])
+                hid[layer].append(h[arr.tok_off[r]:arr.tok_off[r + 1]] if arr.hidden_per_token
+                                  else h[r][None])
     lengths = np.array([len(s) for s in seqs])
     ids = np.full((len(seqs), lengths.max()), pad_id, dtype=np.int64)
     mask = np.zeros_like(ids)
@@ -209,7 +227,7 @@ def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Bat
                  torch.from_numpy(pos_p - 1), torch.from_numpy(ids[pos_b, pos_p]),
                  torch.from_numpy(np.concatenate(tk).astype(np.int64)),
                  torch.from_numpy(np.concatenate(tl)),
-                 {layer: torch.from_numpy(np.stack(h)) for layer, h in hid.items()})
+                 {layer: torch.from_numpy(np.concatenate(h)) for layer, h in hid.items()})
 
 
 def growing_shards(ls: LabelSet, sync=None):

@@ -40,6 +40,7 @@ class TrainConfig:
     tail: bool = True             # tail bucket (True) or renormalise over the top k (False)
     hidden_weight: float = 0.0    # weight of the hidden-state (multi-level) loss; 0 = off
     hidden_loss: str = "mse"      # mse | cosine
+    hidden_target: str = "mean"   # mean: response-span summaries; tokens: per-token projections
     layer_map: dict | None = None  # student layer -> teacher layer; None = uniform
     views: tuple[str, ...] = ("raw", "simplified")
     simplified_ratio: float | None = None  # one view per example: simplified with this chance
@@ -148,14 +149,17 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 def train(cfg: TrainConfig) -> dict:
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed)
+    if cfg.hidden_target not in ("mean", "tokens"):
+        raise ValueError(f"hidden_target {cfg.hidden_target!r}: use 'mean' or 'tokens'")
+    per_token = cfg.hidden_weight > 0 and cfg.hidden_target == "tokens"
     ls = LabelSet(cfg.labels, views=cfg.views, follow=cfg.follow, poll=cfg.poll_seconds,
-                  simplified_ratio=cfg.simplified_ratio)
+                  simplified_ratio=cfg.simplified_ratio, hidden_per_token=per_token)
     sync = broadcast_from_rank0 if world > 1 else None
     if sync:
         ls.shards = sync(ls.shards)
     student, tok = load_student(cfg.student, ls.tokenizer_dir(), cfg.seed)
     model = Distiller(student, ls.hidden_layers if cfg.hidden_weight > 0 else [],
-                      ls.hidden_dim, cfg.layer_map, ls.teacher_layers).to(device)
+                      ls.hidden_dim, cfg.layer_map, ls.teacher_layers, per_token).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     os.makedirs(cfg.out, exist_ok=True)

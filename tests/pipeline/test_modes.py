@@ -105,3 +105,39 @@ def test_generate_mode_labels_the_teachers_own_responses(teacher, teacher_config
     _, m3, _ = generate_run(teacher_config, str(raw), None, str(tmp_path / "s3"), seed=4)
     assert [r["input_ids"] for r in rows1] == [r["input_ids"] for r in rows2]
     assert m1.cache_key == m2.cache_key != m3.cache_key != m.cache_key
+
+
+def test_compact_encoding_end_to_end(label_set, teacher, teacher_config, demo_inputs, tmp_path):
+    """`kd label --encoding compact`: shards validate, are smaller, and decode to the plain
+    label set's top-k (ids exact, distributions within a small KL)."""
+    from schemas import compact, validate_table, verify_shard
+    from student_train.stream import LabelSet
+    out = str(tmp_path / "compact")
+    s = job.run(job.LabelJob(teacher_config, demo_inputs["raw"], out, demo_inputs["simplified"],
+                             shard_rows=20, encoding="compact"), [])
+    plain_m, m = load_manifest(label_set["out"]), load_manifest(out)
+    assert s["rows_labelled"] == label_set["summary"]["rows_labelled"]
+    assert m.label_config["encoding"] == "compact" and m.cache_key != plain_m.cache_key
+    fs = fsspec.filesystem("file")
+    for sh in m.shards:
+        verify_shard(fs, f"{out}/{sh.path}", sh.sha256)
+        validate_table(pq.read_table(f"{out}/{sh.path}"), m.label_config["top_k"])
+    assert sum(sh.bytes for sh in m.shards) < sum(sh.bytes for sh in plain_m.shards)
+
+    def by_row(path):
+        ls = LabelSet(path)
+        got = {}
+        for i in range(ls.num_shards):
+            arr, _ = ls.shard(i)
+            for r in range(len(arr.view)):
+                sl = slice(arr.tok_off[r], arr.tok_off[r + 1])
+                got[(arr.example_id[r], arr.view[r])] = (arr.topk_ids[sl], arr.topk_lp[sl])
+        return got
+    plain, comp = by_row(label_set["out"]), by_row(out)
+    assert plain.keys() == comp.keys()
+    for key, (ids, lp) in plain.items():
+        c_ids, c_lp = comp[key]
+        kl = compact.topk_kl(ids, lp, c_ids, c_lp)
+        assert kl.max() < 2e-3, key
+        top1_same = (ids[:, 0] == c_ids[:, 0]) | np.isclose(lp[:, 0], lp[:, 1], atol=1e-2)
+        assert top1_same.all(), key

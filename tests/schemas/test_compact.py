@@ -152,11 +152,6 @@ def test_compact_table_round_trip_and_validation(tmp_path):
     p_ids, p_lp = compact.topk_arrays(plain, 16)
     d_ids, d_lp = compact.topk_arrays(decoded, 16)
     assert compact.topk_kl(p_ids, p_lp, d_ids, d_lp).max() < 1e-3
-    # the encoding may also come from the metadata the job passes
-    via_meta = build_table(its, 16, (2,), {"k": 16, "encoding": "compact"})
-    assert compact.encoding_of(via_meta.schema)[0] == "compact"
-    with pytest.raises(ValueError, match="metadata says"):
-        build_table(its, 16, (2,), {"encoding": "compact"}, encoding="plain")
     with pytest.raises(ValueError, match="unknown encoding"):
         build_table(its, 16, (2,), {}, encoding="zip")
 

@@ -85,3 +85,32 @@ def test_bf16_and_grad_accum_run(label_set, tmp_path):
     assert r["steps"] == 3 and np.isfinite(r["loss"])
     assert len(open(os.path.join(out, "metrics.jsonl")).readlines()) == 3
     shutil.rmtree(out)
+
+
+def test_per_token_hidden_targets(label_set, tmp_path):
+    """--hidden-target tokens: batches carry the stored per-token projections, aligned with the
+    labelled positions, and training reduces the distance to them."""
+    import pyarrow.parquet as pq
+    from schemas import load_manifest, proj_column
+    from student_train.stream import batches
+    ls = LabelSet(label_set["out"], hidden_per_token=True)
+    r = load_manifest(label_set["out"]).label_config["hidden_proj"]["dim"]
+    _, batch = next(batches(ls, 4, seed=0))
+    for layer in ls.hidden_layers:
+        assert batch.hidden[layer].shape == (len(batch.targets), r)
+    # the first row's block equals that row's stored projections
+    first = batch.pos_b == 0
+    ids = batch.input_ids[0][batch.attention_mask[0].bool()].tolist()
+    stored = None
+    for sh in load_manifest(label_set["out"]).shards:
+        for row in pq.read_table(f"{label_set['out']}/{sh.path}").to_pylist():
+            if row["input_ids"] == ids:
+                stored = row
+    layer = ls.hidden_layers[-1]
+    np.testing.assert_allclose(batch.hidden[layer][first].numpy(),
+                               np.array(stored[proj_column(layer)]), rtol=1e-6)
+    out = tmp_path / "tok"
+    res = train(TrainConfig(labels=label_set["out"], student=STUDENT, out=str(out), steps=80,
+                            batch_size=8, hidden_weight=1.0, hidden_target="tokens", lam=0.5))
+    hid = [json.loads(line)["hidden"] for line in open(out / "metrics.jsonl")]
+    assert res["steps"] == 80 and np.mean(hid[-10:]) < 0.7 * np.mean(hid[:10]), hid
