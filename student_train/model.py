@@ -52,8 +52,9 @@ class Distiller(torch.nn.Module):
     ``forward(batch)`` returns the student's final hidden states at the N labelled positions
     (N, d) and, per mapped teacher layer, the projected student summary (mean over the response
     span), or with ``per_token`` the projected student state at every response token (N, r),
-    matched to the teacher's stored per-token projections. ``head(h)`` applies the LM head; callers apply it chunk by chunk, so a full-vocabulary
-    tensor exists for one chunk of positions at a time, never for (B, L, V).
+    matched to the teacher's stored per-token projections. ``head(h)`` applies the LM head;
+    callers apply it chunk by chunk, so a full-vocabulary tensor exists for one chunk of positions
+    at a time, never for (B, L, V).
     """
 
     def __init__(self, student, teacher_hidden_layers: list[int], teacher_dim: int | None,
