@@ -134,9 +134,13 @@ class LabelChunkFn(beam.DoFn):
     def generate(self, items: list[Tokenized]) -> list[Tokenized]:
         from pipeline.teacher import get_generator
         room = [self.max_len - max(len(t.raw_ids), len(t.simplified_ids or [])) for t in items]
+        t0 = time.perf_counter()
         responses = get_generator(self.cfg).generate(
             [t.raw_ids for t in items], [t.id for t in items],
             [min(self.sampling.max_new_tokens, r) for r in room], self.sampling)
+        n = sum(len(r) for r in responses)
+        log.info("generated %d responses, %d tokens, %.0f tokens/s", len(items), n,
+                 n / (time.perf_counter() - t0))
         return with_responses(items, responses)
 
 

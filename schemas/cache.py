@@ -49,12 +49,14 @@ def find_label_sets(root: str) -> list[str]:
 
 
 def format_ls(rows: list[dict]) -> str:
-    head = (f"{'label set':<44} {'complete':<9} {'teacher':<10} {'k':>4} {'rows':>8} "
-            f"{'tokens':>9} {'MB':>8}")
+    head = (f"{'label set':<44} {'complete':<9} {'teacher':<10} {'mode':<9} {'enc':<8} {'k':>4} "
+            f"{'rows':>8} {'tokens':>9} {'MB':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
         teacher = (r["teacher"] or {}).get("fingerprint", "?")[:8]
+        lc = r["label_config"]
         lines.append(f"{r['path'][-44:]:<44} {str(r['complete']).lower():<9} {teacher:<10} "
-                     f"{r['label_config'].get('top_k', '?'):>4} {r['rows']:>8} {r['tokens']:>9} "
+                     f"{lc.get('mode', '?'):<9} {lc.get('encoding', 'plain'):<8} "
+                     f"{lc.get('top_k', '?'):>4} {r['rows']:>8} {r['tokens']:>9} "
                      f"{r['bytes'] / 1e6:>8.2f}")
     return "\n".join(lines)
