@@ -94,7 +94,13 @@ def main(args, beam_args: list[str]) -> int:
     from pipeline import job
     from pipeline.teacher import SamplingConfig, TeacherConfig, model_config, shutdown_all
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    log = logging.getLogger("kd")  # our own handler: importing Beam configures the root logger
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     n_layers = int(model_config(args.teacher)["num_hidden_layers"])
     try:
         layers = parse_layers(args.hidden_layers, n_layers)
