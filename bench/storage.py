@@ -89,15 +89,6 @@ def items_from(ids: np.ndarray, lp: np.ndarray, seed: int = 0) -> list:
     return items
 
 
-def label_bytes(data: bytes) -> int:
-    """Compressed bytes of a shard's label columns (top-k columns and target_logprob)."""
-    import pyarrow.parquet as pq
-    md = pq.ParquetFile(io.BytesIO(data)).metadata
-    return sum(md.row_group(g).column(c).total_compressed_size
-               for g in range(md.num_row_groups) for c in range(md.num_columns)
-               if md.row_group(g).column(c).path_in_schema.startswith(("topk_", "target_")))
-
-
 def distillkit_style(lp: np.ndarray, exact_k: int, terms: tuple[str, ...]) -> np.ndarray:
     """Our re-implementation of DistillKit's log-prob approximation: the first ``exact_k``
     rounded to bf16, the rest a least-squares fit in rank t = 0, 1, ... (float32 coefficients)."""
@@ -143,7 +134,7 @@ def measure(plain_table, k: int, source: str) -> list[dict]:
     write, data = best_of(lambda: parquet_bytes(plain_table))
     plain_read, (ids, lp) = best_of(lambda: compact.topk_arrays(pq.read_table(io.BytesIO(data)), k))
     rows = [{"source": source, "k": k, "encoding": "plain", "tokens": tokens,
-             "label_B_per_token": label_bytes(data) / tokens,
+             "label_B_per_token": compact.label_bytes(data) / tokens,
              "file_B_per_token": len(data) / tokens, "kl": "exact",
              "encode_write_tokens_per_s": tokens / write,
              "read_decode_tokens_per_s": tokens / plain_read}]
@@ -153,7 +144,7 @@ def measure(plain_table, k: int, source: str) -> list[dict]:
         dec, (d_ids, d_lp) = best_of(
             lambda: compact.topk_arrays(pq.read_table(io.BytesIO(cdata)), k))
         rows.append({"source": source, "k": k, "encoding": name, **params, "tokens": tokens,
-                     "label_B_per_token": label_bytes(cdata) / tokens,
+                     "label_B_per_token": compact.label_bytes(cdata) / tokens,
                      "file_B_per_token": len(cdata) / tokens,
                      **kl_stats(compact.topk_kl(ids, lp, d_ids, d_lp)),
                      "encode_write_tokens_per_s": tokens / enc,

@@ -27,11 +27,13 @@ The shard's ``kd.encoding`` metadata names the encoding (absent = ``plain``) and
 ``kd.encoding_params`` holds ``{"bits", "tau"}``. Plain shards need no project code to read;
 compact ones need :func:`to_plain` or :func:`topk_arrays`.
 """
+import io
 import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from schemas.rows import META_PREFIX, row_schema
 
@@ -283,3 +285,12 @@ def topk_kl(ids_a: np.ndarray, lp_a: np.ndarray, ids_b: np.ndarray,
         out.append(full - _logsumexp(full)[:, None])
     la, lb = out
     return (np.exp(la) * (la - lb)).sum(axis=1)
+
+
+def label_bytes(data: bytes) -> int:
+    """Compressed bytes of a shard's label columns (``topk_*`` and ``target_logprob``), from the
+    Parquet footer of the shard file's bytes: what the storage figures count."""
+    md = pq.ParquetFile(io.BytesIO(data)).metadata
+    return sum(md.row_group(g).column(c).total_compressed_size
+               for g in range(md.num_row_groups) for c in range(md.num_columns)
+               if md.row_group(g).column(c).path_in_schema.startswith(("topk_", "target_")))

@@ -108,14 +108,6 @@ def items(n=12, k=16, d=5, seed=0, simplified=True):
     return out
 
 
-def label_bytes(data: bytes) -> int:
-    """Compressed bytes of a shard's top-k and target columns (from the Parquet footer)."""
-    md = pq.ParquetFile(io.BytesIO(data)).metadata
-    return sum(md.row_group(g).column(c).total_compressed_size
-               for g in range(md.num_row_groups) for c in range(md.num_columns)
-               if md.row_group(g).column(c).path_in_schema.startswith(("topk_", "target_")))
-
-
 def test_plain_shards_are_unchanged():
     its = items()
     default = build_table(its, 16, (2,), {"k": 16})
@@ -136,7 +128,7 @@ def test_compact_table_round_trip_and_validation(tmp_path):
     assert not {"topk_ids", "topk_logprobs"} & set(table.column_names)
     assert table["topk_codes"].type == pa.list_(pa.list_(pa.uint8()))
     data = parquet_bytes(table)
-    assert label_bytes(data) < 0.6 * label_bytes(parquet_bytes(plain))
+    assert compact.label_bytes(data) < 0.6 * compact.label_bytes(parquet_bytes(plain))
     (tmp_path / "c.parquet").write_bytes(data)
     meta = read_file_metadata(str(tmp_path / "c.parquet"))
     assert meta["encoding"] == "compact" and meta["encoding_params"] == {"bits": 8, "tau": 2.0}
