@@ -78,3 +78,30 @@ def test_parquet_input_reads_only_mapped_columns(tmp_path):
            for rec in records.read_records(path, "raw", cols)]
     assert isinstance(got[0], records.Record) and got[0].response == "r1"
     assert got[1]["reason"] == "wrong_type" and got[1]["line"] == 2
+
+
+def test_prompt_records_for_generate_mode(teacher_dir):
+    """Generate mode reads {id, prompt}: a response field is ignored, others rejected; a prompt
+    that leaves no room for one new token is rejected as too long (both views)."""
+    from pipeline.tokenize import load_tokenizer, tokenize_example
+    r = parse({"id": "a", "prompt": "Copy the word: abc =", "response": " ignored"}, "prompt")
+    assert isinstance(r, records.Record) and r.response is None
+    assert parse({"id": "a", "prompt": "p", "x": 1}, "prompt")["reason"] == "extra_field"
+    tok = load_tokenizer(teacher_dir)
+    ex = records.Example("a", "Copy the word: abc =", None, "cp abc =", ("f", 1), ("g", 1))
+    (t,) = tokenize_example(tok, ex, 64)
+    assert t.raw_ids[t.raw_start:] == [] and t.simplified_ids[t.simplified_start:] == []
+    n_prompt = len(t.raw_ids)
+    assert len(tokenize_example(tok, ex, n_prompt + 1)) == 1  # room for exactly one token
+    out = tokenize_example(tok, ex, n_prompt)
+    assert [o["reason"] for o in out] == ["too_long", "too_long"]
+
+
+def test_hidden_layer_flag():
+    from pipeline.cli import parse_layers
+    assert parse_layers("final", 4) == (4,)
+    assert parse_layers("none", 4) == ()
+    assert parse_layers("2,final,0,2", 4) == (0, 2, 4)
+    for bad in ("5", "-1", "mid"):
+        with pytest.raises(ValueError, match="not 'final' or a layer"):
+            parse_layers(bad, 4)

@@ -100,3 +100,29 @@ def test_fingerprints_track_weights_and_tokenizer(teacher_dir, tmp_path):
     data[-3] ^= 0xFF  # flip one byte of the last tensor
     weights.write_bytes(bytes(data))
     assert teacher_fingerprint(str(copy)) != teacher_fingerprint(teacher_dir)
+
+
+def test_per_token_projection_columns():
+    """hidden_proj_l<L>: one R-vector per response token, validated; the matrix is rebuilt from
+    (d, R, seed) alone and is the same every time."""
+    import pyarrow as pa
+    from schemas import proj_column, projection_matrix
+    items = fake_items()
+    for _, lab in items:
+        lab.proj = {2: np.ones((len(lab.target_logprob), 6), np.float32)}
+    table = build_table(items, K, (2,), {})
+    validate_table(table, K)
+    assert table.schema.field(proj_column(2)).type == pa.list_(pa.list_(pa.float32()))
+    rows = table.to_pylist()
+    assert all(len(r[proj_column(2)]) == len(r["target_logprob"]) for r in rows)
+    i = table.schema.get_field_index(proj_column(2))
+    bad = table.set_column(i, table.schema.field(i),
+                           pa.array([r[proj_column(2)][:-1] for r in rows],
+                                    pa.list_(pa.list_(pa.float32()))))
+    with pytest.raises(ShardError, match="one entry per response token"):
+        validate_table(bad, K)
+    p = projection_matrix(256, 16, 7)
+    assert p.shape == (256, 16) and p.dtype == np.float32
+    np.testing.assert_array_equal(p, projection_matrix(256, 16, 7))
+    assert not np.array_equal(p, projection_matrix(256, 16, 8))
+    assert abs(float((p ** 2).sum(0).mean()) - 256 / 16) < 2  # columns of squared norm ~ d / R
