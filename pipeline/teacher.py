@@ -93,6 +93,20 @@ def load_lm_head(model_dir: str, mcfg: dict) -> "torch.Tensor":  # noqa: F821
     raise ValueError(f"no LM head ({' or '.join(names)}) in {model_dir}")
 
 
+def engine_key(cfg: TeacherConfig) -> TeacherConfig:
+    """The part of a config that decides the engine (not what is kept of its outputs)."""
+    return dataclasses.replace(cfg, top_k=0, hidden_layers=(), proj_dim=0, proj_seed=0)
+
+
+def engine_kwargs(cfg: TeacherConfig, mcfg: dict, enforce_eager: bool) -> dict:
+    """``vllm.LLM`` arguments shared by the scoring and the generating engine."""
+    return dict(model=cfg.model_dir, dtype=cfg.dtype or checkpoint_dtype(mcfg),
+                max_model_len=cfg.max_model_len or context_length(mcfg),
+                enable_prefix_caching=False, seed=0, enforce_eager=enforce_eager,
+                trust_remote_code=cfg.trust_remote_code,
+                kv_cache_memory_bytes=int(cfg.kv_cache_gb * 2**30), **dict(cfg.engine_args))
+
+
 def install_concat_hook(model) -> None:
     """Runs inside the engine: when auxiliary layers are on, the model returns (final, [aux]);
     hand the pooler one (tokens, d * (1 + n_aux)) tensor instead."""
@@ -123,20 +137,15 @@ class VllmTeacher:
                              f"{self.num_layers}] (0 = embeddings, {self.num_layers} = final)")
         self.engine_state = {"aux": ()}  # shared by views: the layers the engine now returns
         self.lock = threading.Lock()  # one request batch at a time per engine
-        self.pool = LLM(model=cfg.model_dir, dtype=self.dtype, max_model_len=self.max_len,
-                        enable_prefix_caching=False, seed=0,
-                        enforce_eager=cfg.enforce_eager or bool(self.intermediate(cfg)),
-                        trust_remote_code=cfg.trust_remote_code,
-                        kv_cache_memory_bytes=int(cfg.kv_cache_gb * 2**30),
-                        runner="pooling", convert="embed",
+        self.eager = cfg.enforce_eager or bool(self.intermediate(cfg))
+        self.pool = LLM(runner="pooling", convert="embed",
                         pooler_config=PoolerConfig(task="token_embed", use_activation=False),
-                        **dict(cfg.engine_args))
+                        **engine_kwargs(cfg, mcfg, self.eager))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.head = load_lm_head(cfg.model_dir, mcfg).to(self.device, getattr(torch, self.dtype))
         self.logit_scale = mcfg.get("logit_scale")
         self.softcap = mcfg.get("final_logit_softcapping")
         self.hidden_size = int(mcfg["hidden_size"])
-        self.eager = cfg.enforce_eager or bool(self.intermediate(cfg))
         self.pool.apply_model(install_concat_hook)
 
     def intermediate(self, cfg: TeacherConfig) -> tuple[int, ...]:
@@ -195,8 +204,8 @@ class VllmTeacher:
                 target_lp.append(lp.gather(1, targets[i:i + rows, None].to(lp.device))[:, 0].cpu())
         split = np.cumsum(n_resp)[:-1]
         top_ids = np.split(torch.cat(top_ids).numpy(), split)
-        top_lp = np.split(torch.cat(top_lp).numpy().astype(np.float32), split)
-        target_lp = np.split(torch.cat(target_lp).numpy().astype(np.float32), split)
+        top_lp = np.split(torch.cat(top_lp).numpy().astype(np.float32, copy=False), split)
+        target_lp = np.split(torch.cat(target_lp).numpy().astype(np.float32, copy=False), split)
         result = []
         for i, (seq, start, out) in enumerate(zip(seqs, starts, outs)):
             data = out.outputs.data  # (n, d * (1 + len(aux))): [final | aux layers]
@@ -208,12 +217,6 @@ class VllmTeacher:
                     projected[layer] = (span @ proj).numpy()
             result.append(Labels(top_ids[i], top_lp[i], target_lp[i], hidden, projected))
         return result
-
-    def shutdown(self) -> None:
-        if self.pool is not None:
-            self.pool.llm_engine.engine_core.shutdown()
-        self.pool = None
-
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
@@ -238,15 +241,10 @@ class VllmGenerator:
         from vllm import LLM
         mcfg = model_config(cfg.model_dir)
         self.lock = threading.Lock()
-        self.pool = LLM(model=cfg.model_dir, dtype=cfg.dtype or checkpoint_dtype(mcfg),
-                       max_model_len=cfg.max_model_len or context_length(mcfg),
-                       enable_prefix_caching=False, seed=0, enforce_eager=cfg.enforce_eager,
-                       # whole prompts per step: a split prompt rewinds the per-request sampling
-                       # generator, which the CPU backend cannot do
-                       enable_chunked_prefill=False,
-                       trust_remote_code=cfg.trust_remote_code,
-                       kv_cache_memory_bytes=int(cfg.kv_cache_gb * 2**30),
-                       **dict(cfg.engine_args))
+        # whole prompts per step: a split prompt rewinds the per-request sampling generator,
+        # which the CPU backend cannot do
+        self.pool = LLM(enable_chunked_prefill=False,
+                        **engine_kwargs(cfg, mcfg, cfg.enforce_eager))
 
     def generate(self, prompts: list[list[int]], ids: list[str], max_tokens: list[int],
                  sampling: SamplingConfig) -> list[list[int]]:
@@ -276,9 +274,7 @@ def get_teacher(cfg: TeacherConfig) -> VllmTeacher:
     with _TEACHERS_LOCK:
         if cfg not in _TEACHERS:
             for other, teacher in list(_TEACHERS.items()):
-                same_engine = dataclasses.replace(
-                    other, top_k=cfg.top_k, hidden_layers=cfg.hidden_layers,
-                    proj_dim=cfg.proj_dim, proj_seed=cfg.proj_seed) == cfg
+                same_engine = engine_key(other) == engine_key(cfg)
                 usable = teacher.eager or not teacher.intermediate(cfg)
                 if same_engine and usable and teacher.pool is not None:
                     view = copy.copy(teacher)
@@ -292,7 +288,7 @@ def get_teacher(cfg: TeacherConfig) -> VllmTeacher:
 
 def get_generator(cfg: TeacherConfig) -> VllmGenerator:
     """The process-wide generating engine for ``cfg``'s teacher (beside the scoring engine)."""
-    key = dataclasses.replace(cfg, top_k=0, hidden_layers=(), proj_dim=0, proj_seed=0)
+    key = engine_key(cfg)
     with _TEACHERS_LOCK:
         if key not in _GENERATORS:
             _GENERATORS[key] = VllmGenerator(key)
