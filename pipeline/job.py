@@ -112,7 +112,8 @@ class LabelChunkFn(beam.DoFn):
             yield {**self.existing[chunk], "reused": True}
             return
         record = read_commit(self.out, chunk)  # committed meanwhile by a concurrent run
-        if record is not None and record["cache_key"] == self.metadata["cache_key"]:
+        if (record is not None and record["cache_key"] == self.metadata["cache_key"]
+                and shard_present(self.out, record["shard"])):
             yield {**record["shard"], "reused": True}
             return
         if self.teacher is None:
@@ -231,13 +232,12 @@ class Progress:
     def loop(self):
         from tqdm import tqdm
         total = math.ceil(count_records(self.job.input) / self.job.shard_rows)
-        before = {r["shard"]["path"] for r in read_commits(self.job.out)
-                  if r["cache_key"] == self.key}
+        before = {r["chunk"] for r in read_commits(self.job.out) if r["cache_key"] == self.key}
         bar = tqdm(total=total, desc="label", unit="shard", dynamic_ncols=True,
                    mininterval=self.every)
         while not self.stop.wait(self.every):
             new = [r["shard"] for r in read_commits(self.job.out)
-                   if r["cache_key"] == self.key and r["shard"]["path"] not in before]
+                   if r["cache_key"] == self.key and r["chunk"] not in before]
             bar.n = len(new)
             elapsed = bar.format_dict["elapsed"] or 1e-9
             bar.set_postfix(rows=sum(s["rows"] for s in new),
@@ -311,9 +311,15 @@ def committed_shards(out: str, key: str) -> dict:
     except FileNotFoundError:
         pass
     found.update({r["chunk"]: r["shard"] for r in read_commits(out) if r["cache_key"] == key})
-    return {c: info for c, info in found.items()
-            if fs.exists(f"{root}/{info['path']}") and fs.size(f"{root}/{info['path']}")
-            == info["bytes"]}
+    return {c: info for c, info in found.items() if shard_present(out, info)}
+
+
+def shard_present(out: str, info: dict) -> bool:
+    """The shard a manifest entry or commit record names is in place at its recorded size."""
+    import fsspec
+    fs, root = fsspec.core.url_to_fs(out)
+    path = f"{root}/{info['path']}"
+    return fs.exists(path) and fs.size(path) == info["bytes"]
 
 
 def copy_tokenizer(model_dir: str, out: str) -> None:

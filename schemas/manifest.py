@@ -92,8 +92,8 @@ def write_commit(label_dir: str, info: ShardInfo, cache_key: str, label_config: 
                  chunk: str) -> None:
     """Record one durable shard before the manifest exists (what follow-mode readers poll).
 
-    One small JSON object per shard, written whole (temp + rename; one PUT on object stores), so
-    a reader sees a record only once its shard is in place.
+    One small JSON object per input chunk, written whole (temp + rename; one PUT on object
+    stores) after its shard, so a reader sees a record only once its shard is in place.
     """
     fs, root = fsspec.core.url_to_fs(label_dir)
     final = f"{root}/{COMMITS_DIR}/{chunk}.json"  # one record per input chunk, the last one wins
@@ -107,7 +107,7 @@ def write_commit(label_dir: str, info: ShardInfo, cache_key: str, label_config: 
 
 
 def read_commits(label_dir: str) -> list[dict]:
-    """Every commit record of a label set (sorted by shard path); [] if none yet."""
+    """Every commit record of a label set (sorted by chunk name); [] if none yet."""
     fs, root = fsspec.core.url_to_fs(label_dir)
     fs.invalidate_cache(f"{root}/{COMMITS_DIR}")  # see commits made since the last look
     try:
