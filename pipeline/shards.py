@@ -35,12 +35,8 @@ def shard_chunk(path: str) -> str:
 
 
 def _list_of_lists(rows: list[np.ndarray], k: int, dtype) -> pa.Array:
-    """(n_i, k) arrays -> list<list<dtype>> without per-element Python objects."""
-    flat = np.concatenate([r.reshape(-1) for r in rows]).astype(dtype)
-    inner_off = np.arange(0, flat.size + 1, k, dtype=np.int32)
-    inner = pa.ListArray.from_arrays(pa.array(inner_off), pa.array(flat))
-    outer_off = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(outer_off), inner)
+    """(n_i, k) arrays -> list<list<dtype>>, one row per array."""
+    return compact.nested_list(np.concatenate(rows).astype(dtype), k, [len(r) for r in rows])
 
 
 def _list(rows: list[np.ndarray], dtype) -> pa.Array:

@@ -161,8 +161,9 @@ def decode_topk(deltas: np.ndarray, codes: np.ndarray, logmass: np.ndarray, bits
     return np.take_along_axis(ids, order, axis=1), lp
 
 
-def _nested(flat: np.ndarray, k: int, positions: np.ndarray) -> pa.Array:
-    """(T, k) array -> list<list<>> with ``positions[r]`` inner lists in row r."""
+def nested_list(flat: np.ndarray, k: int, positions) -> pa.Array:
+    """(T, k) array -> list<list<>> with ``positions[r]`` inner lists in row r, without
+    per-element Python objects."""
     inner = pa.ListArray.from_arrays(
         pa.array((np.arange(len(flat) + 1) * k).astype(np.int32)), pa.array(flat.reshape(-1)))
     outer = np.concatenate([[0], np.cumsum(positions)]).astype(np.int32)
@@ -187,8 +188,8 @@ def encode_table(table: pa.Table, bits: int = 8, tau: float = 2.0) -> pa.Table:
     deltas, codes, logmass = encode_topk(_flat2(table["topk_ids"], k),
                                          _flat2(table["topk_logprobs"], k), bits, tau)
     positions = pc.list_value_length(table["topk_ids"]).to_numpy()
-    new = {"topk_id_deltas": _nested(deltas, k, positions),
-           "topk_codes": _nested(codes, k, positions),
+    new = {"topk_id_deltas": nested_list(deltas, k, positions),
+           "topk_codes": nested_list(codes, k, positions),
            "topk_logmass": pa.ListArray.from_arrays(
                pa.array(np.concatenate([[0], np.cumsum(positions)]).astype(np.int32)),
                pa.array(logmass))}
@@ -242,8 +243,8 @@ def to_plain(table: pa.Table) -> pa.Table:
         return table
     ids, lp = compact_topk(table)
     positions = pc.list_value_length(table["topk_id_deltas"]).to_numpy()
-    new = {"topk_ids": _nested(ids, ids.shape[1], positions),
-           "topk_logprobs": _nested(lp, ids.shape[1], positions)}
+    new = {"topk_ids": nested_list(ids, ids.shape[1], positions),
+           "topk_logprobs": nested_list(lp, ids.shape[1], positions)}
     schema = plain_schema(table.schema)
     return pa.Table.from_arrays([new[f.name] if f.name in new else table[f.name]
                                  for f in schema], schema=schema)
