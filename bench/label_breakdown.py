@@ -1,0 +1,79 @@
+"""Where one `kd label` run spends its time: the engine's forward, our head and summaries, the
+shard writing, and the rest (Beam, reading, tokenising, manifest).
+
+    python bench/label_breakdown.py [--seqs 2048] [--k 64] [--hidden final|none]
+
+Plain-text records of ~200 demo-teacher tokens, one shard, engine started before the timed runs;
+the calls are timed by wrappers in this process. Best of 2 runs. Prints one JSON line.
+"""
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seqs", type=int, default=2048)
+    ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--hidden", choices=["final", "none"], default="final")
+    args = ap.parse_args()
+    from pipeline import job, shards
+    from pipeline import teacher as T
+    spent: dict = {}
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+        return wrapper
+
+    tmp = tempfile.mkdtemp()
+    raw = os.path.join(tmp, "raw.jsonl")
+    rng = np.random.default_rng(0)
+    with open(raw, "w") as f:
+        for i in range(args.seqs):
+            f.write(json.dumps({"id": f"b{i}", "text": "".join(rng.choice(
+                list("abcdefghij klmnop"), 198))}) + "\n")
+    teacher_dir = os.path.join(ROOT, "demo", "teacher")
+    n_layers = int(T.model_config(teacher_dir)["num_hidden_layers"])
+    cfg = T.TeacherConfig(model_dir=teacher_dir, top_k=args.k, enforce_eager=True,
+                          hidden_layers=(n_layers,) if args.hidden == "final" else ())
+    teacher = T.get_teacher(cfg)
+    teacher.pool.encode = timed("engine_encode", teacher.pool.encode)
+    T.VllmTeacher.label = timed("label_call", T.VllmTeacher.label)
+    shards.write_shard = timed("write_shard", shards.write_shard)
+    best = None
+    for _ in range(2):
+        spent.clear()
+        out = os.path.join(tmp, "labels")
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        job.run(job.LabelJob(cfg, raw, out, mode="text", shard_rows=args.seqs), [])
+        total = time.perf_counter() - t0
+        if best is None or total < best["total_s"]:
+            best = {"total_s": total, **spent}
+    T.shutdown_all()
+    shutil.rmtree(tmp)
+    engine, label, write = best["engine_encode"], best["label_call"], best["write_shard"]
+    parts = {"engine_forward": engine, "head_topk_summaries": label - engine,
+             "shard_encode_write": write, "rest": best["total_s"] - label - write}
+    print(json.dumps({"machine": f"{os.cpu_count()} CPU cores", "seqs": args.seqs,
+                      "tokens": args.seqs * 200, "k": args.k, "hidden": args.hidden,
+                      "total_s": round(best["total_s"], 2),
+                      **{f"{n}_s": round(v, 2) for n, v in parts.items()},
+                      **{f"{n}_share": round(v / best["total_s"], 3)
+                         for n, v in parts.items()}}))
+
+
+if __name__ == "__main__":
+    main()
