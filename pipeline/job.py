@@ -6,7 +6,8 @@
                                  rejects of every step -> WriteRejects
                               -> WriteManifest (last: the commit)
 
-Per-element logic lives in records.py, tokenize.py, teacher.py and shards.py as plain functions.
+Per-element logic lives in records.py, tokenize.py and teacher.py as plain functions; the label
+set's writer and commit protocol in schemas/labelset.py.
 """
 import collections
 import dataclasses
@@ -19,13 +20,16 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import records, shards
+from pipeline import records
 from pipeline.teacher import (SamplingConfig, TeacherConfig, checkpoint_dtype, context_length,
                               model_config)
 from pipeline.tokenize import Tokenized, load_tokenizer, tokenize_example
 from schemas import (SCHEMA_VERSION, Manifest, ShardInfo, cache_key, load_manifest,
                      teacher_fingerprint, tokenizer_fingerprint, write_manifest)
 from schemas.rows import PROJECTION
+from schemas import labelset
+from schemas.files import TOKENIZER_DIR, copy_tokenizer
+from schemas.labelset import committed_shards, shard_present
 from schemas.manifest import (clear_stale_commits, read_commit, read_commits,
                              strip_credentials, write_commit)
 
@@ -107,7 +111,7 @@ class LabelChunkFn(beam.DoFn):
     def process(self, keyed):
         _, items = keyed
         items = sorted(items, key=lambda t: t.id)
-        chunk = shards.chunk_name(items)
+        chunk = labelset.chunk_name(items)
         if chunk in self.existing:  # same content, same teacher and config: reuse
             yield {**self.existing[chunk], "reused": True}
             return
@@ -123,7 +127,7 @@ class LabelChunkFn(beam.DoFn):
         if self.sampling is not None:
             items = self.generate(items)
         labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items])
-        info = shards.write_shard(self.out, list(zip(items, labels)), self.cfg.top_k,
+        info = labelset.write_shard(self.out, list(zip(items, labels)), self.cfg.top_k,
                                   self.cfg.hidden_layers, self.metadata, chunk,
                                   self.encoding)
         write_commit(self.out, info, self.metadata["cache_key"], self.label_config, chunk)
@@ -203,7 +207,7 @@ def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict,
     rejects = ([out[REJECTED] for out in parsed.values()] + [paired[REJECTED], toks[REJECTED]]
                | "AllRejects" >> beam.Flatten())
     rejects_info = (rejects | "CollectRejects" >> beam.combiners.ToList()
-                    | "WriteRejects" >> beam.Map(lambda rs: shards.write_rejects(job.out, rs)))
+                    | "WriteRejects" >> beam.Map(lambda rs: labelset.write_rejects(job.out, rs)))
     rows_in = (counts | "AllCounts" >> beam.Flatten() | "RowsIn" >> beam.CombineGlobally(sum))
     (infos | "CollectShards" >> beam.combiners.ToList()
      | "WriteManifest" >> beam.Map(commit_manifest, beam.pvalue.AsSingleton(rejects_info),
@@ -285,7 +289,7 @@ def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
               "tokenizer_fingerprint": tok_fp, "label_config": label_config}
     metadata = {"teacher_fingerprint": t_fp, "tokenizer_fingerprint": tok_fp, "k": cfg.top_k,
                 "label_mode": job.mode, "dtype": label_config["dtype"], "cache_key": key}
-    copy_tokenizer(cfg.model_dir, job.out)
+    copy_tokenizer(cfg.model_dir, f"{job.out.rstrip('/')}/{TOKENIZER_DIR}")
     clear_stale_commits(job.out, key)
     existing = committed_shards(job.out, key)
     if not any(a.startswith("--runner") for a in beam_args):
@@ -295,41 +299,6 @@ def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
             build(p, job, header, metadata, existing)
     manifest = load_manifest(job.out)
     return summarize(job.out, manifest)
-
-
-def committed_shards(out: str, key: str) -> dict:
-    """Shards already committed under this cache key (previous manifest, or commit records of an
-    interrupted run) whose files are present: chunk name -> ShardInfo dict."""
-    import fsspec
-    fs, root = fsspec.core.url_to_fs(out)
-    fs.invalidate_cache(f"{root}/shards")
-    found = {}
-    try:
-        m = load_manifest(out)
-        if m.cache_key == key:
-            found.update({shards.shard_chunk(s.path): dataclasses.asdict(s) for s in m.shards})
-    except FileNotFoundError:
-        pass
-    found.update({r["chunk"]: r["shard"] for r in read_commits(out) if r["cache_key"] == key})
-    return {c: info for c, info in found.items() if shard_present(out, info)}
-
-
-def shard_present(out: str, info: dict) -> bool:
-    """The shard a manifest entry or commit record names is in place at its recorded size."""
-    import fsspec
-    fs, root = fsspec.core.url_to_fs(out)
-    path = f"{root}/{info['path']}"
-    return fs.exists(path) and fs.size(path) == info["bytes"]
-
-
-def copy_tokenizer(model_dir: str, out: str) -> None:
-    """Ship the teacher's tokenizer inside the label set, so students need nothing else."""
-    import fsspec
-    from schemas.fingerprint import TOKENIZER_FILES
-    fs, root = fsspec.core.url_to_fs(model_dir)
-    for name in TOKENIZER_FILES:
-        if fs.exists(f"{root}/{name}"):
-            shards.commit_bytes(out, f"tokenizer/{name}", fs.cat_file(f"{root}/{name}"))
 
 
 def summarize(out: str, manifest: Manifest) -> dict:
