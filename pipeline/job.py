@@ -24,11 +24,12 @@ from pipeline import records
 from pipeline.teacher import (SamplingConfig, TeacherConfig, checkpoint_dtype, context_length,
                               model_config)
 from pipeline.tokenize import Tokenized, load_tokenizer, tokenize_example
-from schemas import (SCHEMA_VERSION, Manifest, ShardInfo, cache_key, load_manifest,
-                     teacher_fingerprint, tokenizer_fingerprint, write_manifest)
+from schemas import (SCHEMA_VERSION, Manifest, ShardInfo, load_manifest, teacher_fingerprint,
+                     tokenizer_fingerprint, write_manifest)
 from schemas.rows import PROJECTION
 from schemas import labelset
 from schemas.files import TOKENIZER_DIR, copy_tokenizer
+from schemas.labelconfig import LabelConfig
 from schemas.labelset import committed_shards, shard_present
 from schemas.manifest import (clear_stale_commits, read_commit, read_commits,
                              strip_credentials, write_commit)
@@ -98,12 +99,11 @@ class LabelChunkFn(beam.DoFn):
     """Label one chunk with the process-wide teacher and commit it as one shard; in generate mode
     the teacher first writes the chunk's responses."""
 
-    def __init__(self, cfg: TeacherConfig, out: str, metadata: dict, label_config: dict,
-                 existing: dict, sampling: SamplingConfig | None = None, max_len: int = 0,
-                 encoding: str = "plain"):
-        self.cfg, self.out, self.metadata, self.label_config = cfg, out, metadata, label_config
+    def __init__(self, cfg: TeacherConfig, out: str, config: LabelConfig, metadata: dict,
+                 existing: dict, sampling: SamplingConfig | None = None, max_len: int = 0):
+        self.cfg, self.out, self.config, self.metadata = cfg, out, config, metadata
         self.existing = existing  # chunk -> ShardInfo dict, committed earlier with this key
-        self.sampling, self.max_len, self.encoding = sampling, max_len, encoding
+        self.sampling, self.max_len = sampling, max_len
 
     def setup(self):
         self.teacher = None  # started on the first chunk that needs labelling
@@ -129,8 +129,8 @@ class LabelChunkFn(beam.DoFn):
         labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items])
         info = labelset.write_shard(self.out, list(zip(items, labels)), self.cfg.top_k,
                                   self.cfg.hidden_layers, self.metadata, chunk,
-                                  self.encoding)
-        write_commit(self.out, info, self.metadata["cache_key"], self.label_config, chunk)
+                                  self.config.encoding)
+        write_commit(self.out, info, self.metadata["cache_key"], self.config.to_dict(), chunk)
         dt = time.perf_counter() - t0
         log.info("committed %s: %d rows, %d labelled tokens, %.0f tokens/s", info.path,
                  info.rows, info.tokens, sum(len(t.raw_ids) for t in items) / dt)
@@ -166,7 +166,7 @@ def commit_manifest(shard_infos, rejects_info, rows_in, out, header):
     return counts
 
 
-def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict,
+def build(p: beam.Pipeline, job: LabelJob, config: LabelConfig, header: dict, metadata: dict,
           existing: dict) -> None:
     cfg = job.teacher
     max_len = cfg.max_model_len or context_length(model_config(cfg.model_dir))
@@ -201,9 +201,8 @@ def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict,
              | "Chunk" >> beam.Map(chunk_key, job.shard_rows)
              | "GroupChunks" >> beam.GroupByKey()
              | "LabelOrReuse" >> beam.ParDo(LabelChunkFn(
-                 cfg, job.out, metadata, header["label_config"], existing,
-                 job.sampling if job.mode == "generate" else None, max_len,
-                 job.encoding)))
+                 cfg, job.out, config, metadata, existing,
+                 job.sampling if job.mode == "generate" else None, max_len)))
     rejects = ([out[REJECTED] for out in parsed.values()] + [paired[REJECTED], toks[REJECTED]]
                | "AllRejects" >> beam.Flatten())
     rejects_info = (rejects | "CollectRejects" >> beam.combiners.ToList()
@@ -261,34 +260,34 @@ def count_records(path: str) -> int:
         return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
 
 
+def label_config(job: LabelJob, mcfg: dict) -> LabelConfig:
+    """The label config of a job on a teacher whose config.json is ``mcfg``: built once."""
+    cfg = job.teacher
+    return LabelConfig(
+        mode=job.mode, top_k=cfg.top_k, chat_template=job.chat_template, encoding=job.encoding,
+        too_long="truncate" if job.truncate else "reject", hidden_layers=tuple(cfg.hidden_layers),
+        dtype=cfg.dtype or checkpoint_dtype(mcfg),
+        teacher_num_layers=int(mcfg["num_hidden_layers"]), hidden_size=int(mcfg["hidden_size"]),
+        views=("raw", "simplified") if job.simplified else ("raw",),
+        hidden_proj=({"dim": cfg.proj_dim, "seed": cfg.proj_seed, "matrix": PROJECTION}
+                     if cfg.proj_dim else None),
+        sampling=dataclasses.asdict(job.sampling) if job.mode == "generate" else None)
+
+
 def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
     """Run the job; return the summary (counts, shards, rejects by reason)."""
     cfg = job.teacher
     mcfg = model_config(cfg.model_dir)
     if job.mode == "text" and job.simplified:
         raise ValueError("plain text mode labels single texts: no simplified input")
-    label_config = {"mode": job.mode, "top_k": cfg.top_k, "chat_template": job.chat_template,
-                    "encoding": job.encoding,
-                    "too_long": "truncate" if job.truncate else "reject",
-                    "hidden_layers": list(cfg.hidden_layers), "hidden_pooling": "mean_response",
-                    "dtype": cfg.dtype or checkpoint_dtype(mcfg),
-                    "teacher_num_layers": int(mcfg["num_hidden_layers"]),
-                    "hidden_size": int(mcfg["hidden_size"]),
-                    "add_bos": True, "add_eos": True, "views": ["raw"] + (["simplified"]
-                                                                        if job.simplified else [])}
-    if cfg.proj_dim:
-        label_config["hidden_proj"] = {"dim": cfg.proj_dim, "seed": cfg.proj_seed,
-                                       "matrix": PROJECTION}
-    if job.mode == "generate":
-        label_config["sampling"] = dataclasses.asdict(job.sampling)
+    config = label_config(job, mcfg)
     t_fp, tok_fp = teacher_fingerprint(cfg.model_dir), tokenizer_fingerprint(cfg.model_dir)
-    key = cache_key(t_fp, tok_fp, label_config)
+    key = config.cache_key(t_fp, tok_fp)
     header = {"schema_version": SCHEMA_VERSION, "cache_key": key,
               "teacher": {"path": strip_credentials(cfg.model_dir), "fingerprint": t_fp,
-                          "dtype": label_config["dtype"]},
-              "tokenizer_fingerprint": tok_fp, "label_config": label_config}
-    metadata = {"teacher_fingerprint": t_fp, "tokenizer_fingerprint": tok_fp, "k": cfg.top_k,
-                "label_mode": job.mode, "dtype": label_config["dtype"], "cache_key": key}
+                          "dtype": config.dtype},
+              "tokenizer_fingerprint": tok_fp, "label_config": config.to_dict()}
+    metadata = config.shard_metadata(t_fp, tok_fp)
     copy_tokenizer(cfg.model_dir, f"{job.out.rstrip('/')}/{TOKENIZER_DIR}")
     clear_stale_commits(job.out, key)
     existing = committed_shards(job.out, key)
@@ -296,7 +295,7 @@ def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
         beam_args = ["--runner=FnApiRunner", *beam_args]
     with Progress(job, key, enabled=progress):
         with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
-            build(p, job, header, metadata, existing)
+            build(p, job, config, header, metadata, existing)
     manifest = load_manifest(job.out)
     return summarize(job.out, manifest)
 

@@ -18,6 +18,7 @@ import torch
 
 from schemas import ShardInfo, load_manifest, verify_shard
 from schemas.files import TOKENIZER_DIR, copy_tokenizer
+from schemas.labelconfig import LabelConfig
 from schemas.labelset import ShardArrays, decode_table
 from schemas.manifest import load_committed
 
@@ -48,16 +49,16 @@ class LabelSet:
                 raise TimeoutError(f"no shard committed in {path} after {timeout:.0f} s")
             time.sleep(poll)
             self.refresh(follow)
-        lc = self.label_config
-        self.k = int(lc["top_k"])
-        self.hidden_layers = list(lc.get("hidden_layers") or [])
-        self.hidden_dim = lc.get("hidden_size")
-        self.teacher_layers = lc.get("teacher_num_layers")
+        lc = self.config = LabelConfig.from_dict(self.label_config)
+        self.k = lc.top_k
+        self.hidden_layers = list(lc.hidden_layers)
+        self.hidden_dim = lc.hidden_size
+        self.teacher_layers = lc.teacher_num_layers
         if hidden_per_token:
-            if not lc.get("hidden_proj"):
+            if not lc.hidden_proj:
                 raise ValueError(f"{path} stores no per-token projections: label it with "
                                  "`kd label --hidden-proj-dim R`")
-            self.hidden_dim = int(lc["hidden_proj"]["dim"])
+            self.hidden_dim = int(lc.hidden_proj["dim"])
         if self.hidden_layers and self.hidden_dim is None and self.num_shards:
             self.hidden_dim = next(iter(self.shard(0)[0].hidden.values())).shape[1]
 
