@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def wide_model(path: str) -> str:
+def wide_model(path: str, dtype=torch.bfloat16) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
     import shutil
     cfg = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816,
@@ -35,7 +35,7 @@ def wide_model(path: str) -> str:
                       head_dim=64, max_position_embeddings=512, tie_word_embeddings=False,
                       bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
-    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(path)
+    LlamaForCausalLM(cfg).to(dtype).save_pretrained(path)
     for name in ("tokenizer.json", "tokenizer_config.json"):  # ids < 80 tokenise; fine for timing
         shutil.copy(os.path.join(ROOT, "demo", "teacher", name), path)
     return path
