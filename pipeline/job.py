@@ -47,6 +47,7 @@ class LabelJob:
     sampling: SamplingConfig = SamplingConfig()  # generate mode only
     encoding: str = "plain"  # shard encoding: plain (schema v1) or compact (schemas.compact)
     read_splits: int = 1    # inputs read as this many interleaved splits of whole chunks
+    overlap_writes: bool = True  # write chunk n's shard while the engine labels chunk n + 1
 
 
 def read_split(split: tuple[int, int, int], path: str, kind: str, columns: dict):
@@ -97,17 +98,28 @@ def with_responses(items: list[Tokenized], responses: list[list[int]]) -> list[T
 
 class LabelChunkFn(beam.DoFn):
     """Label one chunk with the process-wide teacher and commit it as one shard; in generate mode
-    the teacher first writes the chunk's responses."""
+    the teacher first writes the chunk's responses.
+
+    With ``overlap`` the shard of chunk n is encoded, written and committed by a writer thread
+    while the engine labels chunk n + 1: at most one write in flight (bounded memory: two chunks'
+    labels), its info emitted on the next chunk or at the end of the bundle. The commit protocol
+    is unchanged (the same write_shard then write_commit, in that order, in the writer); a failed
+    write fails the bundle."""
 
     def __init__(self, cfg: TeacherConfig, out: str, metadata: dict, label_config: dict,
                  existing: dict, sampling: SamplingConfig | None = None, max_len: int = 0,
-                 encoding: str = "plain"):
+                 encoding: str = "plain", overlap: bool = True):
         self.cfg, self.out, self.metadata, self.label_config = cfg, out, metadata, label_config
         self.existing = existing  # chunk -> ShardInfo dict, committed earlier with this key
         self.sampling, self.max_len, self.encoding = sampling, max_len, encoding
+        self.overlap = overlap
 
     def setup(self):
         self.teacher = None  # started on the first chunk that needs labelling
+        self.writer = None   # one writer thread, started with the first overlapped write
+
+    def start_bundle(self):
+        self.pending = None  # the write in flight: a Future of the shard info dict
 
     def process(self, keyed):
         _, items = keyed
@@ -128,6 +140,31 @@ class LabelChunkFn(beam.DoFn):
         if self.sampling is not None:
             items = self.generate(items)
         labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items])
+        yield from self.drain()  # the previous chunk's write ran beside this forward
+        if not self.overlap:
+            yield self.write(chunk, items, labels, t0)
+            return
+        if self.writer is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self.writer = ThreadPoolExecutor(1, thread_name_prefix="kd-shard-writer")
+        self.pending = self.writer.submit(self.write, chunk, items, labels, t0)
+
+    def drain(self):
+        if self.pending is not None:
+            done, self.pending = self.pending, None
+            yield done.result()
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+        for info in self.drain():
+            yield GlobalWindows.windowed_value(info)
+
+    def teardown(self):
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)
+
+    def write(self, chunk: str, items: list[Tokenized], labels: list, t0: float) -> dict:
+        """Encode and write the shard, then its commit record (the commit protocol)."""
         info = shards.write_shard(self.out, list(zip(items, labels)), self.cfg.top_k,
                                   self.cfg.hidden_layers, self.metadata, chunk,
                                   self.encoding)
@@ -135,7 +172,7 @@ class LabelChunkFn(beam.DoFn):
         dt = time.perf_counter() - t0
         log.info("committed %s: %d rows, %d labelled tokens, %.0f tokens/s", info.path,
                  info.rows, info.tokens, sum(len(t.raw_ids) for t in items) / dt)
-        yield {**dataclasses.asdict(info), "reused": False}
+        return {**dataclasses.asdict(info), "reused": False}
 
     def generate(self, items: list[Tokenized]) -> list[Tokenized]:
         from pipeline.teacher import get_generator
@@ -217,7 +254,7 @@ def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict,
              | "LabelOrReuse" >> beam.ParDo(LabelChunkFn(
                  cfg, job.out, metadata, header["label_config"], existing,
                  job.sampling if job.mode == "generate" else None, max_len,
-                 job.encoding)))
+                 job.encoding, job.overlap_writes)))
     rejects = ([rejected for _, rejected in parsed.values()] + [paired_rejected, toks_rejected]
                | "AllRejects" >> beam.Flatten())
     parts = [rejects | "TagRejects" >> beam.Map(lambda r: ("reject", r)),
@@ -310,7 +347,10 @@ def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
     existing = committed_shards(job.out, key)
     beam_args = runner_args(beam_args)
     if "--runner=" + DASK_RUNNER in beam_args:
-        job = dataclasses.replace(job, read_splits=dask_partitions(beam_args))
+        # the Dask runner drops what finish_bundle emits (it collects a bundle's outputs
+        # before calling it), so the last chunk's overlapped write would go unlisted
+        job = dataclasses.replace(job, read_splits=dask_partitions(beam_args),
+                                  overlap_writes=False)
     with Progress(job, key, enabled=progress):
         with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
             build(p, job, header, metadata, existing)
