@@ -18,8 +18,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from schemas.files import copy_tokenizer
 from student_train import checkpoint, losses, parallel
-from student_train.model import Distiller, load_student, save_tokenizer_files
+from student_train.model import Distiller, load_student
 from student_train.stream import LabelSet, batches, loader
 
 
@@ -246,8 +247,9 @@ def train(cfg: TrainConfig) -> dict:
         parallel.gather(model, opt, shadow, shadow_opt if shadow is not None else None)
     if rank == 0:
         mf.close()
-        (student if shadow is None else shadow.student).save_pretrained(cfg.out, safe_serialization=True)
-        save_tokenizer_files(ls.tokenizer_dir(), cfg.out)
+        (student if shadow is None else shadow.student).save_pretrained(
+            cfg.out, safe_serialization=True)
+        copy_tokenizer(ls.tokenizer_dir(), cfg.out)
         with open(os.path.join(cfg.out, "train_config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
         from student_train.plots import plot_metrics
