@@ -36,8 +36,8 @@ GPU_START_S = 120.0  # assumption: engine start (weights load, graph capture) pe
 # CPU_MFU and CPU_START_S are fitted to a measured kd label run (docs/BENCHMARKS.md)
 CPU_FLOP_PER_CYCLE = 32
 CPU_GHZ = 3.0
-CPU_MFU = 0.55
-CPU_START_S = 12.0
+CPU_MFU = 0.69
+CPU_START_S = 18.0
 # label columns (ids, log-probs, target log-prob), bytes per labelled position, measured by
 # bench/storage.py (synthetic teacher, vocab 128k, Zipf-ordered ids; docs/BENCHMARKS.md)
 LABEL_BYTES = {"plain": {20: 161.4, 50: 328.9, 64: 404.8, 128: 759.0},
