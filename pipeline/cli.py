@@ -160,3 +160,46 @@ def main(args, beam_args: list[str]) -> int:
         with open(args.summary_json, "w") as f:
             f.write(job.dumps(summary))
     return 0
+
+
+def add_plan_parser(sub) -> None:
+    ap = sub.add_parser("plan", help="what a kd label run will cost, before running it",
+                        description="Count the tokens, the teacher's FLOPs (from its config: "
+                        "dense or MoE, attention and LM head included), device-hours, wall time "
+                        "on N devices, output bytes and shards of a kd label run. GPU figures "
+                        "are estimates from data-sheet peaks and a stated MFU.")
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--simplified")
+    ap.add_argument("--columns", default="")
+    ap.add_argument("--top-k", type=int, default=20)
+    ap.add_argument("--encoding", choices=["plain", "compact"], default="plain")
+    ap.add_argument("--hidden-layers", default="final")
+    ap.add_argument("--hidden-proj-dim", type=int, default=0)
+    ap.add_argument("--shard-rows", type=int, default=512)
+    ap.add_argument("--gpu", choices=["h100", "a100", "l4", "cpu"], default="h100",
+                    help="device kind; cpu: this machine's cores (calibrated)")
+    ap.add_argument("--gpus", type=int, default=1, help="devices (engine processes)")
+    ap.add_argument("--mfu", type=float, default=None,
+                    help="model FLOPs utilisation (default: 0.35 on GPUs, fitted on CPU)")
+    ap.add_argument("--sample", type=int, default=0,
+                    help="tokenise a random sample of about N records (0: every record, exact)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write the plan as JSON to this file")
+    ap.set_defaults(func=plan_main)
+
+
+def plan_main(args, _rest) -> int:
+    from pipeline.plan import format_plan, plan
+    from pipeline.teacher import model_config
+    n_layers = int(model_config(args.teacher)["num_hidden_layers"])
+    layers = parse_layers(args.hidden_layers, n_layers)
+    columns = dict(tuple(kv.split("=", 1)) for kv in args.columns.split(",") if kv)
+    result = plan(args.teacher, args.input, args.simplified, args.top_k, args.encoding,
+                  args.gpu, args.gpus, args.mfu, args.shard_rows, len(layers),
+                  args.hidden_proj_dim, args.sample, args.seed, columns)
+    print(format_plan(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1, sort_keys=True)
+    return 0
