@@ -122,7 +122,8 @@ class LabelChunkFn(beam.DoFn):
         t0 = time.perf_counter()
         if self.sampling is not None:
             items = self.generate(items)
-        labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items])
+        labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items],
+                                    [t.id for t in items])
         info = shards.write_shard(self.out, list(zip(items, labels)), self.cfg.top_k,
                                   self.cfg.hidden_layers, self.metadata, chunk,
                                   self.encoding)
