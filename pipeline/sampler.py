@@ -75,43 +75,62 @@ class Samples:
 
 
 def draw(logprobs: torch.Tensor, keys: torch.Tensor, n: int, temperature: float = 1.0,
-         exclude: torch.Tensor | None = None) -> Samples:
-    """``n`` draws per position from q = softmax(logprobs / temperature).
+         exclude: torch.Tensor | None = None, consume: bool = False) -> Samples:
+    """``n`` draws per position from q = softmax(logprobs / temperature) [outside ``exclude``].
 
-    ``logprobs`` (P, V) the teacher's log-probabilities (any normalisation; temperature 1);
-    ``keys`` (P, 2) from ``position_keys``; ``exclude`` (P, k) ids q gives no mass to.
+    ``logprobs`` (P, V) the teacher's normalised log-probabilities at temperature 1; ``keys``
+    (P, 2) from ``position_keys``; ``exclude`` (P, k) ids q gives no mass to (p is then taken
+    on the same support, renormalised). ``consume=True`` lets the function overwrite
+    ``logprobs`` (a float32 tensor the caller no longer needs) instead of allocating a second
+    (P, V) buffer.
     """
     if n < 1:
         raise ValueError(f"samples per position must be >= 1, got {n}")
     if not temperature > 0:
         raise ValueError(f"proposal temperature must be > 0, got {temperature}")
-    lp = logprobs.float()
-    p_rows, vocab = lp.shape
+    p_rows, vocab = logprobs.shape
+    dev = logprobs.device
+    head_mass = None
     if exclude is not None:
-        lp = lp.scatter(1, exclude.long().to(lp.device), float("-inf"))
-    # proposal log-density, normalised over its support
-    lq = lp if temperature == 1.0 else lp / temperature
-    lq = lq - torch.logsumexp(lq, dim=-1, keepdim=True)
-    blocks = -(-vocab // BLOCK)
-    q = torch.zeros(p_rows, blocks * BLOCK, dtype=torch.float32, device=lp.device)
-    q[:, :vocab] = lq.exp()
-    q = q.view(p_rows, blocks, BLOCK)
-    block_mass = q.sum(-1, dtype=torch.float64)                    # (P, B)
+        exclude = exclude.long().to(dev)
+        head_mass = logprobs.gather(1, exclude).double().exp().sum(-1)  # (P,)
+    # unnormalised proposal w = exp(lp / tau - c); c keeps the top of w away from underflow
+    q = logprobs if consume and logprobs.dtype == torch.float32 else logprobs.float().clone()
+    shift = None
+    if temperature != 1.0:
+        q.mul_(1.0 / temperature)
+        if temperature < 1.0:
+            shift = q.amax(-1, keepdim=True)
+            q.sub_(shift)
+    q.exp_()
+    if exclude is not None:
+        q.scatter_(1, exclude, 0.0)
+    full = vocab // BLOCK
+    blocks = torch.as_strided(q, (p_rows, full, BLOCK), (q.stride(0), BLOCK, 1)).sum(-1)
+    if vocab % BLOCK:
+        blocks = torch.cat([blocks, q[:, full * BLOCK:].sum(-1, keepdim=True)], dim=-1)
+    n_blocks = blocks.shape[1]
+    block_mass = blocks.double()                                    # (P, B)
     block_cdf = block_mass.cumsum(-1)
     total = block_cdf[:, -1:]
-    u = uniforms(keys.to(lp.device), n).to(lp.device) * total      # (P, n) in [0, total)
-    b = torch.searchsorted(block_cdf, u, right=True).clamp_(max=blocks - 1)
+    u = uniforms(keys.to(dev), n) * total                           # (P, n) in [0, total)
+    b = torch.searchsorted(block_cdf, u, right=True).clamp_(max=n_blocks - 1)
     rest = u - (block_cdf.gather(1, b) - block_mass.gather(1, b))  # offset inside block b
-    inner = q.gather(1, b[..., None].expand(-1, -1, BLOCK)).double().cumsum(-1)  # (P, n, BLOCK)
+    idx = b[..., None] * BLOCK + torch.arange(BLOCK, device=dev)    # (P, n, BLOCK)
+    valid = idx < vocab
+    inner = q.gather(1, idx.clamp(max=vocab - 1).view(p_rows, -1)).view(idx.shape)
+    inner = inner.masked_fill(~valid, 0.0).double().cumsum(-1)
     rest = torch.minimum(rest, torch.nextafter(inner[..., -1], torch.zeros_like(rest)))
     t = torch.searchsorted(inner, rest[..., None], right=True)[..., 0].clamp_(max=BLOCK - 1)
-    tokens = b * BLOCK + t                                          # (P, n)
-    ids, counts = _unique_rows(tokens)
-    logw = torch.zeros(ids.shape, dtype=torch.float32, device=lp.device)
+    ids, counts = _unique_rows(b * BLOCK + t)
+    logw = torch.zeros(ids.shape, dtype=torch.float32, device=dev)
     if temperature != 1.0:
-        lp_support = lp - torch.logsumexp(lp, dim=-1, keepdim=True)  # p on q's support
-        safe = ids.clamp(min=0)
-        logw = (lp_support.gather(1, safe) - lq.gather(1, safe)).masked_fill_(counts == 0, 0.0)
+        # log w(x) = lp(x) / tau - shift; log q(x) = log w(x) - log total;
+        # log p(x) on q's support = lp(x) - log(mass of p there)
+        log_w = q.gather(1, ids.clamp(min=0)).double().log()
+        lp = (log_w + (0.0 if shift is None else shift.double())) * temperature
+        log_mp = 0.0 if head_mass is None else torch.log1p(-head_mass.clamp(max=1 - 1e-12))[:, None]
+        logw = ((lp - log_mp) - (log_w - total.log())).float().masked_fill_(counts == 0, 0.0)
     return Samples(ids, counts, logw)
 
 

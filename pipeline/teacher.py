@@ -231,7 +231,8 @@ class VllmTeacher:
                 target_lp.append(lp.gather(1, targets[i:i + rows, None].to(lp.device))[:, 0].cpu())
                 if draws:
                     s = sampler.draw(lp, keys[i:i + rows], cfg.samples, cfg.proposal_temperature,
-                                     exclude=top.indices if cfg.targets == "both" else None)
+                                     exclude=top.indices if cfg.targets == "both" else None,
+                                     consume=True)  # lp is not needed after this
                     drawn.append((s.ids.int().cpu(), s.counts.to(torch.uint8).cpu(),
                                   s.logweights.cpu()))
         split = np.cumsum(n_resp)[:-1]

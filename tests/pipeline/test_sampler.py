@@ -68,9 +68,9 @@ def test_chi_square_detects_a_wrong_distribution():
     assert stat > chi2_limit(df)
 
 
-def test_tempered_proposal_draws_from_q_with_exact_importance_weights():
+@pytest.mark.parametrize("tau", [0.5, 2.0])
+def test_tempered_proposal_draws_from_q_with_exact_importance_weights(tau):
     lp = teacher(3)
-    tau = 2.0
     s = sampler.draw(lp.expand(4000, -1), keys_for(4000), 12, temperature=tau)
     q = torch.softmax(lp[0] / tau, -1)
     stat, df = chi2(histogram(s, V), q)
@@ -78,6 +78,27 @@ def test_tempered_proposal_draws_from_q_with_exact_importance_weights():
     keep = s.counts > 0
     ref = (lp[0] - q.log())[s.ids[keep]]
     assert torch.allclose(s.logweights[keep], ref, atol=1e-5)
+
+
+def test_tempered_tail_weights_are_p_over_q_on_the_tail():
+    lp = teacher(8)
+    head = lp.topk(3, -1).indices
+    s = sampler.draw(lp.expand(50, -1), keys_for(50), 12, temperature=1.7,
+                     exclude=head.expand(50, -1))
+    tail = lp[0].scatter(0, head[0], float("-inf"))
+    ref = torch.log_softmax(tail, -1) - torch.log_softmax(tail / 1.7, -1)
+    keep = s.counts > 0
+    assert torch.allclose(s.logweights[keep], ref[s.ids[keep]], atol=1e-4)
+
+
+def test_consuming_the_input_gives_the_same_draws():
+    lp = teacher(9, rows=30, vocab=1000)
+    keys = keys_for(30)
+    for tau in (1.0, 0.7):
+        ref = sampler.draw(lp, keys, 12, temperature=tau)
+        got = sampler.draw(lp.clone(), keys, 12, temperature=tau, consume=True)
+        assert torch.equal(ref.ids, got.ids) and torch.equal(ref.counts, got.counts)
+        assert torch.allclose(ref.logweights, got.logweights)
 
 
 def test_excluded_head_is_never_drawn_and_the_tail_is_followed():
