@@ -90,10 +90,13 @@ def draw(logprobs: torch.Tensor, keys: torch.Tensor, n: int, temperature: float 
         raise ValueError(f"proposal temperature must be > 0, got {temperature}")
     p_rows, vocab = logprobs.shape
     dev = logprobs.device
-    head_mass = None
+    log_mp = 0.0  # log of p's mass on q's support
     if exclude is not None:
         exclude = exclude.long().to(dev)
-        head_mass = logprobs.gather(1, exclude).double().exp().sum(-1)  # (P,)
+        if temperature != 1.0:  # summed over the tail itself: 1 - sum(head) would cancel
+            tail = logprobs.float().exp().scatter_(1, exclude, 0.0)
+            log_mp = tail.sum(-1, dtype=torch.float64).log()[:, None]
+            del tail
     # unnormalised proposal w = exp(lp / tau - c); c keeps the top of w away from underflow
     q = logprobs if consume and logprobs.dtype == torch.float32 else logprobs.float().clone()
     shift = None
@@ -129,7 +132,6 @@ def draw(logprobs: torch.Tensor, keys: torch.Tensor, n: int, temperature: float 
         # log p(x) on q's support = lp(x) - log(mass of p there)
         log_w = q.gather(1, ids.clamp(min=0)).double().log()
         lp = (log_w + (0.0 if shift is None else shift.double())) * temperature
-        log_mp = 0.0 if head_mass is None else torch.log1p(-head_mass.clamp(max=1 - 1e-12))[:, None]
         logw = ((lp - log_mp) - (log_w - total.log())).float().masked_fill_(counts == 0, 0.0)
     return Samples(ids, counts, logw)
 
