@@ -19,13 +19,13 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import records, shards
+from pipeline import records, sampler, shards
 from pipeline.teacher import (SamplingConfig, TeacherConfig, checkpoint_dtype, context_length,
                               model_config)
 from pipeline.tokenize import Tokenized, load_tokenizer, tokenize_example
-from schemas import (SCHEMA_VERSION, Manifest, ShardInfo, cache_key, load_manifest,
+from schemas import (Manifest, ShardInfo, cache_key, load_manifest,
                      teacher_fingerprint, tokenizer_fingerprint, write_manifest)
-from schemas.rows import PROJECTION
+from schemas.rows import PROJECTION, schema_version
 from schemas.manifest import (clear_stale_commits, read_commit, read_commits,
                              strip_credentials, write_commit)
 
@@ -278,14 +278,23 @@ def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
                                        "matrix": PROJECTION}
     if job.mode == "generate":
         label_config["sampling"] = dataclasses.asdict(job.sampling)
+    if cfg.targets != "topk":  # absent for top-k: earlier label sets keep their cache keys
+        label_config["targets"] = cfg.targets
+        label_config["top_k"] = cfg.top_k if cfg.targets == "both" else 0
+        label_config["sampled"] = {"n": cfg.samples,
+                                   "proposal_temperature": cfg.proposal_temperature,
+                                   "seed": cfg.sample_seed, "draws": sampler.SCHEME}
     t_fp, tok_fp = teacher_fingerprint(cfg.model_dir), tokenizer_fingerprint(cfg.model_dir)
     key = cache_key(t_fp, tok_fp, label_config)
-    header = {"schema_version": SCHEMA_VERSION, "cache_key": key,
+    header = {"schema_version": schema_version(cfg.targets), "cache_key": key,
               "teacher": {"path": strip_credentials(cfg.model_dir), "fingerprint": t_fp,
                           "dtype": label_config["dtype"]},
               "tokenizer_fingerprint": tok_fp, "label_config": label_config}
     metadata = {"teacher_fingerprint": t_fp, "tokenizer_fingerprint": tok_fp, "k": cfg.top_k,
                 "label_mode": job.mode, "dtype": label_config["dtype"], "cache_key": key}
+    if cfg.targets != "topk":
+        metadata.update(k=label_config["top_k"], targets=cfg.targets,
+                        sampled=label_config["sampled"])
     copy_tokenizer(cfg.model_dir, job.out)
     clear_stale_commits(job.out, key)
     existing = committed_shards(job.out, key)

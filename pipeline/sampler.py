@@ -21,6 +21,9 @@ import torch
 
 BLOCK = 256
 MASK32 = 0xFFFFFFFF
+SCHEME = ("key = sha256('<seed>\\0<example id>')[:16 hex]; per position j and draw i, 53-bit "
+          "uniform from lowbias32 counter hashes of (key, j, i); inverse CDF of softmax(log p / "
+          "tau) in blocks of 256 tokens (pipeline/sampler.py)")
 
 
 def example_key(seed: int, example_id: str) -> int:

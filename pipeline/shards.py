@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 
 from pipeline.teacher import Labels
 from pipeline.tokenize import Tokenized
-from schemas import REJECT_SCHEMA, ShardInfo, compact, hidden_column, proj_column, row_schema
+from schemas import (REJECT_SCHEMA, ShardInfo, compact, hidden_column, proj_column, row_schema,
+                     sampled)
 
 ROW_GROUP_ROWS = 256
 
@@ -49,7 +50,10 @@ def build_table(items: list[tuple[Tokenized, Labels]], k: int, hidden_layers: tu
                 metadata: dict, encoding: str = "plain") -> pa.Table:
     """One raw row per example, plus a simplified row carrying the same labels when present.
 
-    ``encoding``: "plain" (schema v1 as is) or "compact" (``schemas.compact``).
+    ``encoding``: "plain" (the row schema as is) or "compact" (``schemas.compact``).
+    ``metadata["targets"]`` (absent: ``topk``) picks the soft-label columns: ``sampled`` /
+    ``both`` add the ``sampled_*`` columns (``sampled_logweights`` when
+    ``metadata["sampled"]["proposal_temperature"] != 1``), ``sampled`` drops ``topk_*``.
     """
     if encoding not in compact.ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}: use one of {compact.ENCODINGS}")
@@ -58,22 +62,31 @@ def build_table(items: list[tuple[Tokenized, Labels]], k: int, hidden_layers: tu
         rows.append((tok.id, "raw", tok.raw_ids, tok.raw_start, lab))
         if tok.simplified_ids is not None:
             rows.append((tok.id, "simplified", tok.simplified_ids, tok.simplified_start, lab))
+    targets = metadata.get("targets", "topk")
+    weights = targets != "topk" and metadata["sampled"]["proposal_temperature"] != 1.0
     cols = {
         "example_id": pa.array([r[0] for r in rows], pa.string()),
         "view": pa.array([r[1] for r in rows], pa.string()),
         "input_ids": _list([np.asarray(r[2]) for r in rows], np.int32),
         "label_start": pa.array([r[3] for r in rows], pa.int32()),
-        "topk_ids": _list_of_lists([r[4].topk_ids for r in rows], k, np.int32),
-        "topk_logprobs": _list_of_lists([r[4].topk_logprobs for r in rows], k, np.float32),
         "target_logprob": _list([r[4].target_logprob for r in rows], np.float32),
     }
+    if targets != "sampled":
+        cols["topk_ids"] = _list_of_lists([r[4].topk_ids for r in rows], k, np.int32)
+        cols["topk_logprobs"] = _list_of_lists([r[4].topk_logprobs for r in rows], k, np.float32)
+    if targets != "topk":
+        cols.update(sampled.encode(
+            np.concatenate([r[4].samples.ids for r in rows]),
+            np.concatenate([r[4].samples.counts for r in rows]),
+            np.concatenate([r[4].samples.logweights for r in rows]) if weights else None,
+            np.array([len(r[4].target_logprob) for r in rows])))
     for layer in hidden_layers:
         cols[hidden_column(layer)] = _list([r[4].hidden[layer] for r in rows], np.float32)
     proj_layers = tuple(sorted(rows[0][4].proj)) if rows else ()
     for layer in proj_layers:
         proj = [r[4].proj[layer] for r in rows]
         cols[proj_column(layer)] = _list_of_lists(proj, proj[0].shape[1], np.float32)
-    schema = row_schema(hidden_layers, metadata, proj_layers)
+    schema = row_schema(hidden_layers, metadata, proj_layers, targets, weights)
     table = pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
     return compact.encode_table(table) if encoding == "compact" else table
 

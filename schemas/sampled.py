@@ -106,6 +106,23 @@ def _undelta(gaps: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return (total - np.repeat(before, lengths)).astype(np.int32)
 
 
+def delta_column(col, inverse: bool = False) -> pa.Array:
+    """``sampled_ids`` <-> ``sampled_id_deltas`` (``inverse``), as list<list<int32>> arrays."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    per_pos = pc.list_flatten(col)
+    lengths = pc.list_value_length(per_pos).to_numpy()
+    flat = pc.list_flatten(per_pos).to_numpy().astype(np.int32)
+    if inverse:
+        new = _undelta(flat, lengths)
+    else:
+        new = flat.copy()
+        new[1:] -= flat[:-1]
+        first = np.concatenate([[0], np.cumsum(lengths)])[:-1][lengths > 0]
+        new[first] = flat[first]
+    return _ragged(new, lengths, pc.list_value_length(col).to_numpy())
+
+
 def check(ids: np.ndarray, counts: np.ndarray, n: int, vocab: int | None = None) -> None:
     """Raise ValueError unless every position holds distinct ascending ids >= 0 whose counts sum
     to n (padding: id -1, count 0, at the end)."""
