@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from schemas import ShardInfo, compact, hidden_column, load_manifest, proj_column, verify_shard
+from schemas import (ShardInfo, compact, hidden_column, load_manifest, proj_column, sampled,
+                     verify_shard)
 from schemas.manifest import load_committed
 
 
@@ -36,6 +37,9 @@ class ShardArrays:
     tok_off: np.ndarray       # (R+1,) offsets into the T axis
     hidden: dict              # teacher layer -> (R, d) summaries, or (T, r) per-token projections
     hidden_per_token: bool = False
+    sample_ids: np.ndarray | None = None      # (T, N) sampled targets: distinct ids, -1 padding
+    sample_counts: np.ndarray | None = None   # (T, N) draws per id, 0 padding
+    sample_logw: np.ndarray | None = None     # (T, N) log importance weights (None: all 0)
 
 
 def _offsets(col: pa.ChunkedArray) -> np.ndarray:
@@ -43,9 +47,10 @@ def _offsets(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def decode_table(table: pa.Table, k: int, hidden_layers: list[int],
-                 per_token: bool = False) -> ShardArrays:
+                 per_token: bool = False, samples: int = 0) -> ShardArrays:
     """A shard table (plain or compact, by its ``kd.encoding``) -> flat arrays. ``per_token``:
-    hidden targets are the per-token projections ``hidden_proj_l<L>`` instead of the means."""
+    hidden targets are the per-token projections ``hidden_proj_l<L>`` instead of the means;
+    ``samples``: N of a label set with sampled targets (0: none)."""
     flat_ids = pc.list_flatten(table["input_ids"]).to_numpy()
     tk, tl = compact.topk_arrays(table, k)
     if per_token:
@@ -54,11 +59,12 @@ def decode_table(table: pa.Table, k: int, hidden_layers: list[int],
     else:
         hidden = {layer: pc.list_flatten(table[hidden_column(layer)]).to_numpy()
                   .reshape(table.num_rows, -1) for layer in hidden_layers}
+    drawn = sampled.decode(table, samples) if samples else (None, None, None)
     return ShardArrays(table["view"].to_numpy(zero_copy_only=False),
                        table["example_id"].to_numpy(zero_copy_only=False), flat_ids,
                        _offsets(table["input_ids"]), table["label_start"].to_numpy(),
                        tk, tl, _offsets(table[compact.position_column(table)]), hidden,
-                       per_token)
+                       per_token, *drawn)
 
 
 class LabelSet:
@@ -89,6 +95,10 @@ class LabelSet:
             self.refresh(follow)
         lc = self.label_config
         self.k = int(lc["top_k"])
+        self.targets = lc.get("targets", "topk")
+        self.samples = int(lc["sampled"]["n"]) if self.targets != "topk" else 0
+        self.proposal_temperature = (float(lc["sampled"]["proposal_temperature"])
+                                     if self.targets != "topk" else 1.0)
         self.hidden_layers = list(lc.get("hidden_layers") or [])
         self.hidden_dim = lc.get("hidden_size")
         self.teacher_layers = lc.get("teacher_num_layers")
@@ -160,7 +170,7 @@ class LabelSet:
         """Shard i decoded whole, and the indices of its rows in the selected views."""
         if i not in self._cache:
             arrays = decode_table(self._open(i).read(), self.k, self.hidden_layers,
-                                  self.hidden_per_token)
+                                  self.hidden_per_token, self.samples)
             self._cache = {i: (arrays, self._select(arrays))}  # one shard at a time
         return self._cache[i]
 
@@ -169,7 +179,7 @@ class LabelSet:
         pf = self._open(i)
         for g in range(pf.num_row_groups):
             arrays = decode_table(pf.read_row_group(g), self.k, self.hidden_layers,
-                                  self.hidden_per_token)
+                                  self.hidden_per_token, self.samples)
             yield arrays, self._select(arrays)
 
     def tokenizer_dir(self) -> str:
@@ -194,6 +204,9 @@ class Batch:
     topk_ids: torch.Tensor        # (N, k)
     topk_logprobs: torch.Tensor   # (N, k)
     hidden: dict                  # teacher layer -> (B, d) summary, or (N, r) per token
+    sample_ids: torch.Tensor      # (N, S) sampled targets, -1 padding; (N, 0) without
+    sample_counts: torch.Tensor   # (N, S) draws per id, 0 padding
+    sample_logw: torch.Tensor     # (N, S) log importance weights; (N, 0) when all 0
 
     def to(self, device) -> "Batch":
         if device.type == "cpu":
@@ -205,7 +218,7 @@ class Batch:
 
 def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Batch:
     """Rows given as (shard arrays, row indices) -> one padded batch."""
-    seqs, starts, tk, tl = [], [], [], []
+    seqs, starts, tk, tl, si, sc, sw = [], [], [], [], [], [], []
     hid: dict = {layer: [] for layer in parts[0][0].hidden}
     for arr, rows in parts:
         for r in rows:
@@ -213,6 +226,14 @@ def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Bat
             starts.append(int(arr.label_start[r]))
             tk.append(arr.topk_ids[arr.tok_off[r]:arr.tok_off[r + 1]])
             tl.append(arr.topk_lp[arr.tok_off[r]:arr.tok_off[r + 1]])
+            span = slice(arr.tok_off[r], arr.tok_off[r + 1])
+            n_pos = arr.tok_off[r + 1] - arr.tok_off[r]
+            si.append(arr.sample_ids[span] if arr.sample_ids is not None
+                      else np.zeros((n_pos, 0), np.int32))
+            sc.append(arr.sample_counts[span] if arr.sample_counts is not None
+                      else np.zeros((n_pos, 0), np.uint8))
+            sw.append(arr.sample_logw[span] if arr.sample_logw is not None
+                      else np.zeros((n_pos, 0), np.float32))
             for layer, h in arr.hidden.items():
                 hid[layer].append(h[arr.tok_off[r]:arr.tok_off[r + 1]] if arr.hidden_per_token
                                   else h[r][None])
@@ -227,7 +248,10 @@ def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Bat
                  torch.from_numpy(pos_p - 1), torch.from_numpy(ids[pos_b, pos_p]),
                  torch.from_numpy(np.concatenate(tk).astype(np.int64)),
                  torch.from_numpy(np.concatenate(tl)),
-                 {layer: torch.from_numpy(np.concatenate(h)) for layer, h in hid.items()})
+                 {layer: torch.from_numpy(np.concatenate(h)) for layer, h in hid.items()},
+                 torch.from_numpy(np.concatenate(si).astype(np.int64)),
+                 torch.from_numpy(np.concatenate(sc).astype(np.int64)),
+                 torch.from_numpy(np.concatenate(sw)))
 
 
 def growing_shards(ls: LabelSet, sync=None):
