@@ -31,6 +31,8 @@ import threading
 
 import numpy as np
 
+from schemas.labelset import Labels, SampledLabels
+
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the job prints its own progress
 
@@ -70,25 +72,6 @@ def checkpoint_dtype(cfg: dict) -> str:
 
 def context_length(cfg: dict) -> int:
     return int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 2048)
-
-
-@dataclasses.dataclass
-class Labels:
-    """Teacher labels for the response span of one sequence (n = number of response tokens)."""
-    topk_ids: np.ndarray         # (n, k) int32, descending probability
-    topk_logprobs: np.ndarray    # (n, k) float32
-    target_logprob: np.ndarray   # (n,) float32
-    hidden: dict                 # layer -> (d,) float32 mean over the response span
-    proj: dict = dataclasses.field(default_factory=dict)  # layer -> (n, r) float32 projections
-    samples: "SampledLabels | None" = None  # sampled targets (--targets sampled|both)
-
-
-@dataclasses.dataclass
-class SampledLabels:
-    """Per response token, the distinct drawn ids ascending, padded to N with id -1, count 0."""
-    ids: np.ndarray          # (n, N) int32
-    counts: np.ndarray       # (n, N) uint8, summing to N per position
-    logweights: np.ndarray   # (n, N) float32, log(p / q) of each id (0 when q = p)
 
 
 def load_lm_head(model_dir: str, mcfg: dict) -> "torch.Tensor":  # noqa: F821

@@ -5,18 +5,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
-
-from pipeline import sampler
 from schemas import sampled
 
 
 def draws(t=300, n=12, vocab=5000, tau=1.0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    lp = torch.log_softmax(torch.randn(t, vocab, generator=g) * 3, -1)
-    keys = sampler.position_keys(sampler.example_key(seed, "x"), t)
-    s = sampler.draw(lp, keys, n, temperature=tau)
-    return s.ids.int().numpy(), s.counts.numpy().astype(np.uint8), s.logweights.numpy()
+    """Padded (t, n) distinct ids ascending with counts (numpy only: schemas/ tests import
+    nothing above schemas/), and log weights when tau != 1."""
+    rng = np.random.default_rng(seed)
+    raw = np.sort(rng.zipf(1.3, (t, n)) % vocab, axis=1)
+    ids = np.full((t, n), -1, np.int32)
+    counts = np.zeros((t, n), np.uint8)
+    for i in range(t):
+        u, c = np.unique(raw[i], return_counts=True)
+        ids[i, :len(u)], counts[i, :len(u)] = u, c
+    logw = np.where(counts > 0, rng.normal(size=(t, n)), 0).astype(np.float32)
+    return ids, counts, logw if tau != 1.0 else np.zeros_like(logw)
 
 
 def roundtrip(cols: dict) -> pa.Table:
