@@ -7,7 +7,8 @@ import time
 DESCRIPTION = """Run the teacher (vLLM, in-process) over raw [and simplified] records (JSONL or
 Parquet, any fsspec URL) through
 an Apache Beam pipeline; write Parquet shards, a rejects file and the manifest to --out.
-Arguments not listed here are passed to Beam (e.g. --runner=DirectRunner
+Arguments not listed here are passed to Beam; one that neither kd nor Beam knows stops the
+command before any work (e.g. --runner=DirectRunner
 --direct_num_workers=2 --direct_running_mode=multi_processing)."""
 
 
