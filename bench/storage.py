@@ -6,7 +6,7 @@
 
 Counted: the compressed bytes of the shard's label columns (plain: topk_ids, topk_logprobs,
 target_logprob; compact: topk_id_deltas, topk_codes, topk_logmass, target_logprob), read from
-the Parquet footer of a shard written by ``pipeline.shards.parquet_bytes``, divided by the
+the Parquet footer of a shard written by ``schemas.labelset.parquet_bytes``, divided by the
 labelled positions. Not counted: input_ids, ids/views, summaries, the footer (reported
 separately as whole-file bytes per token). Error: mean (and p99, max) over positions of
 KL(stored || decoded), both as k ids plus a tail bucket 1 - sum p (``schemas.compact.topk_kl``).
@@ -75,8 +75,7 @@ def synthetic_teacher(n: int, vocab: int = 128_000, k: int = 128, ids: str = "zi
 
 def items_from(ids: np.ndarray, lp: np.ndarray, seed: int = 0) -> list:
     """Rows of 32-480 labelled positions (plain text mode: input = BOS + the labelled tokens)."""
-    from pipeline.teacher import Labels
-    from pipeline.tokenize import Tokenized
+    from schemas.labelset import Labels, Tokenized
     rng = np.random.default_rng(seed)
     items, start, i = [], 0, 0
     while start < len(ids):
@@ -128,7 +127,7 @@ def measure(plain_table, k: int, source: str) -> list[dict]:
     """Plain and compact shards of one plain label table: bytes per token, error, speed."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    from pipeline.shards import parquet_bytes
+    from schemas.labelset import parquet_bytes
     from schemas import compact
     tokens = int(pc.sum(pc.list_value_length(plain_table["target_logprob"])).as_py())
     write, data = best_of(lambda: parquet_bytes(plain_table))
@@ -168,7 +167,7 @@ def distillkit_rows(ids: np.ndarray, lp: np.ndarray, k: int, vocab: int, source:
 
 
 def synthetic(args) -> list[dict]:
-    from pipeline.shards import build_table
+    from schemas.labelset import build_table
     t0 = time.perf_counter()
     ids, lp = synthetic_teacher(args.positions, args.vocab, max(KS), args.ids, args.seed)
     p = np.exp(lp.astype(np.float64))

@@ -4,20 +4,25 @@ import logging
 import sys
 import time
 
+import yaml
+
 DESCRIPTION = """Run the teacher (vLLM, in-process) over raw [and simplified] records (JSONL or
 Parquet, any fsspec URL) through
 an Apache Beam pipeline; write Parquet shards, a rejects file and the manifest to --out.
-Arguments not listed here are passed to Beam; one that neither kd nor Beam knows stops the
-command before any work (e.g. --runner=DirectRunner
---direct_num_workers=2 --direct_running_mode=multi_processing)."""
+Arguments not listed here are passed to Beam (e.g. --runner=DirectRunner
+--direct_num_workers=2 --direct_running_mode=multi_processing); one that neither kd nor Beam
+knows stops the command before any work. --config FILE.yaml holds any of the options below by
+their long name (top_k: 20); flags given on the command line override it."""
 
 
 def add_parser(sub) -> None:
     ap = sub.add_parser("label", help="label a dataset with the teacher", description=DESCRIPTION)
-    ap.add_argument("--teacher", required=True, help="teacher model directory (transformers format)")
-    ap.add_argument("--input", required=True, help="raw JSONL {id, prompt, response} (fsspec URL)")
+    ap.add_argument("--config", help="YAML file of options (keys: the long flag names with _); "
+                                     "flags override it")
+    ap.add_argument("--teacher", help="teacher model directory (transformers format); required")
+    ap.add_argument("--input", help="raw JSONL {id, prompt, response} (fsspec URL); required")
     ap.add_argument("--simplified", help="simplified JSONL {id, prompt}, paired with raw by id")
-    ap.add_argument("--out", required=True, help="output label-set directory (fsspec URL)")
+    ap.add_argument("--out", help="output label-set directory (fsspec URL); required")
     ap.add_argument("--mode", choices=["score", "text", "generate"], default="score",
                     help="score: {id, prompt, response} records (teacher forcing on the given "
                          "responses); text: {id, text} records, every position after the first; "
@@ -63,7 +68,7 @@ def add_parser(sub) -> None:
     ap.add_argument("--summary-json", help="write the run summary (counts) to this file")
     ap.add_argument("--no-progress", dest="progress", action="store_false",
                     help="no progress bar (shards, rows, tokens/s, ETA)")
-    ap.set_defaults(func=main)
+    ap.set_defaults(func=main, parser=ap)
 
 
 def parse_engine_args(items: list[str]) -> tuple:
@@ -91,6 +96,27 @@ def parse_layers(spec: str, n_layers: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
+def resolve_config(args) -> None:
+    """Fill the options not given on the command line from ``--config`` (YAML), in place."""
+    ap = args.parser
+    dests = {a.dest for a in ap._actions if a.dest not in ("help", "config", "func", "parser")}
+    if args.config:
+        with open(args.config) as f:
+            values = yaml.safe_load(f) or {}
+        unknown = sorted(set(values) - dests)
+        if unknown:
+            sys.exit(f"{args.config}: unknown keys {unknown}; valid: {sorted(dests)}")
+        for name, value in values.items():
+            if getattr(args, name) == ap.get_default(name):  # not given: the file's value
+                if isinstance(value, list) and name != "engine_arg":
+                    value = ",".join(str(v) for v in value)
+                setattr(args, name, value)
+    missing = [n for n in REQUIRED if getattr(args, n) is None]
+    if missing:
+        sys.exit(f"kd label: missing {', '.join('--' + m for m in missing)} "
+                 "(on the command line or in --config)")
+
+
 def main(args, beam_args: list[str]) -> int:
     from pipeline import job
     from pipeline.teacher import SamplingConfig, TeacherConfig, model_config, shutdown_all
@@ -102,6 +128,7 @@ def main(args, beam_args: list[str]) -> int:
         log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    resolve_config(args)
     n_layers = int(model_config(args.teacher)["num_hidden_layers"])
     try:
         layers = parse_layers(args.hidden_layers, n_layers)
@@ -118,13 +145,12 @@ def main(args, beam_args: list[str]) -> int:
     t0 = time.time()
     try:
         columns = tuple(tuple(kv.split("=", 1)) for kv in args.columns.split(",") if kv)
-        summary = job.run(job.LabelJob(cfg, args.input, args.out, args.simplified,
-                                       args.shard_rows, args.too_long == "truncate", args.mode,
-                                       columns, args.chat_template,
-                                       SamplingConfig(args.max_new_tokens, args.temperature,
-                                                      args.top_p, args.seed), args.encoding),
-                          beam_args,
-                          progress=args.progress)
+        label_job = job.LabelJob(
+            teacher=cfg, input=args.input, out=args.out, simplified=args.simplified,
+            shard_rows=args.shard_rows, truncate=args.too_long == "truncate", mode=args.mode,
+            columns=columns, chat_template=args.chat_template, encoding=args.encoding,
+            sampling=SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed))
+        summary = job.run(label_job, beam_args, progress=args.progress)
     finally:
         shutdown_all()
     summary["seconds"] = round(time.time() - t0, 2)

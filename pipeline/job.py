@@ -6,7 +6,8 @@
                                  rejects of every step -> WriteRejects
                               -> WriteManifest (last: the commit)
 
-Per-element logic lives in records.py, tokenize.py, teacher.py and shards.py as plain functions.
+Per-element logic lives in records.py, tokenize.py and teacher.py as plain functions; the label
+set's writer and commit protocol in schemas/labelset.py.
 """
 import collections
 import dataclasses
@@ -19,13 +20,17 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import records, shards
+from pipeline import records
 from pipeline.teacher import (SamplingConfig, TeacherConfig, checkpoint_dtype, context_length,
                               model_config)
 from pipeline.tokenize import Tokenized, load_tokenizer, tokenize_example
-from schemas import (SCHEMA_VERSION, Manifest, ShardInfo, cache_key, load_manifest,
-                     teacher_fingerprint, tokenizer_fingerprint, write_manifest)
+from schemas import (SCHEMA_VERSION, Manifest, ShardInfo, load_manifest, teacher_fingerprint,
+                     tokenizer_fingerprint, write_manifest)
 from schemas.rows import PROJECTION
+from schemas import labelset
+from schemas.files import TOKENIZER_DIR, copy_tokenizer
+from schemas.labelconfig import LabelConfig
+from schemas.labelset import committed_shards, shard_present
 from schemas.manifest import (clear_stale_commits, read_commit, read_commits,
                              strip_credentials, write_commit)
 
@@ -94,12 +99,11 @@ class LabelChunkFn(beam.DoFn):
     """Label one chunk with the process-wide teacher and commit it as one shard; in generate mode
     the teacher first writes the chunk's responses."""
 
-    def __init__(self, cfg: TeacherConfig, out: str, metadata: dict, label_config: dict,
-                 existing: dict, sampling: SamplingConfig | None = None, max_len: int = 0,
-                 encoding: str = "plain"):
-        self.cfg, self.out, self.metadata, self.label_config = cfg, out, metadata, label_config
+    def __init__(self, cfg: TeacherConfig, out: str, config: LabelConfig, metadata: dict,
+                 existing: dict, sampling: SamplingConfig | None = None, max_len: int = 0):
+        self.cfg, self.out, self.config, self.metadata = cfg, out, config, metadata
         self.existing = existing  # chunk -> ShardInfo dict, committed earlier with this key
-        self.sampling, self.max_len, self.encoding = sampling, max_len, encoding
+        self.sampling, self.max_len = sampling, max_len
 
     def setup(self):
         self.teacher = None  # started on the first chunk that needs labelling
@@ -107,7 +111,7 @@ class LabelChunkFn(beam.DoFn):
     def process(self, keyed):
         _, items = keyed
         items = sorted(items, key=lambda t: t.id)
-        chunk = shards.chunk_name(items)
+        chunk = labelset.chunk_name(items)
         if chunk in self.existing:  # same content, same teacher and config: reuse
             yield {**self.existing[chunk], "reused": True}
             return
@@ -123,10 +127,10 @@ class LabelChunkFn(beam.DoFn):
         if self.sampling is not None:
             items = self.generate(items)
         labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items])
-        info = shards.write_shard(self.out, list(zip(items, labels)), self.cfg.top_k,
+        info = labelset.write_shard(self.out, list(zip(items, labels)), self.cfg.top_k,
                                   self.cfg.hidden_layers, self.metadata, chunk,
-                                  self.encoding)
-        write_commit(self.out, info, self.metadata["cache_key"], self.label_config, chunk)
+                                  self.config.encoding)
+        write_commit(self.out, info, self.metadata["cache_key"], self.config.to_dict(), chunk)
         dt = time.perf_counter() - t0
         log.info("committed %s: %d rows, %d labelled tokens, %.0f tokens/s", info.path,
                  info.rows, info.tokens, sum(len(t.raw_ids) for t in items) / dt)
@@ -162,7 +166,7 @@ def commit_manifest(shard_infos, rejects_info, rows_in, out, header):
     return counts
 
 
-def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict,
+def build(p: beam.Pipeline, job: LabelJob, config: LabelConfig, header: dict, metadata: dict,
           existing: dict) -> None:
     cfg = job.teacher
     max_len = cfg.max_model_len or context_length(model_config(cfg.model_dir))
@@ -197,13 +201,12 @@ def build(p: beam.Pipeline, job: LabelJob, header: dict, metadata: dict,
              | "Chunk" >> beam.Map(chunk_key, job.shard_rows)
              | "GroupChunks" >> beam.GroupByKey()
              | "LabelOrReuse" >> beam.ParDo(LabelChunkFn(
-                 cfg, job.out, metadata, header["label_config"], existing,
-                 job.sampling if job.mode == "generate" else None, max_len,
-                 job.encoding)))
+                 cfg, job.out, config, metadata, existing,
+                 job.sampling if job.mode == "generate" else None, max_len)))
     rejects = ([out[REJECTED] for out in parsed.values()] + [paired[REJECTED], toks[REJECTED]]
                | "AllRejects" >> beam.Flatten())
     rejects_info = (rejects | "CollectRejects" >> beam.combiners.ToList()
-                    | "WriteRejects" >> beam.Map(lambda rs: shards.write_rejects(job.out, rs)))
+                    | "WriteRejects" >> beam.Map(lambda rs: labelset.write_rejects(job.out, rs)))
     rows_in = (counts | "AllCounts" >> beam.Flatten() | "RowsIn" >> beam.CombineGlobally(sum))
     (infos | "CollectShards" >> beam.combiners.ToList()
      | "WriteManifest" >> beam.Map(commit_manifest, beam.pvalue.AsSingleton(rejects_info),
@@ -257,79 +260,44 @@ def count_records(path: str) -> int:
         return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
 
 
+def label_config(job: LabelJob, mcfg: dict) -> LabelConfig:
+    """The label config of a job on a teacher whose config.json is ``mcfg``: built once."""
+    cfg = job.teacher
+    return LabelConfig(
+        mode=job.mode, top_k=cfg.top_k, chat_template=job.chat_template, encoding=job.encoding,
+        too_long="truncate" if job.truncate else "reject", hidden_layers=tuple(cfg.hidden_layers),
+        dtype=cfg.dtype or checkpoint_dtype(mcfg),
+        teacher_num_layers=int(mcfg["num_hidden_layers"]), hidden_size=int(mcfg["hidden_size"]),
+        views=("raw", "simplified") if job.simplified else ("raw",),
+        hidden_proj=({"dim": cfg.proj_dim, "seed": cfg.proj_seed, "matrix": PROJECTION}
+                     if cfg.proj_dim else None),
+        sampling=dataclasses.asdict(job.sampling) if job.mode == "generate" else None)
+
+
 def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
     """Run the job; return the summary (counts, shards, rejects by reason)."""
     cfg = job.teacher
     mcfg = model_config(cfg.model_dir)
     if job.mode == "text" and job.simplified:
         raise ValueError("plain text mode labels single texts: no simplified input")
-    label_config = {"mode": job.mode, "top_k": cfg.top_k, "chat_template": job.chat_template,
-                    "encoding": job.encoding,
-                    "too_long": "truncate" if job.truncate else "reject",
-                    "hidden_layers": list(cfg.hidden_layers), "hidden_pooling": "mean_response",
-                    "dtype": cfg.dtype or checkpoint_dtype(mcfg),
-                    "teacher_num_layers": int(mcfg["num_hidden_layers"]),
-                    "hidden_size": int(mcfg["hidden_size"]),
-                    "add_bos": True, "add_eos": True, "views": ["raw"] + (["simplified"]
-                                                                        if job.simplified else [])}
-    if cfg.proj_dim:
-        label_config["hidden_proj"] = {"dim": cfg.proj_dim, "seed": cfg.proj_seed,
-                                       "matrix": PROJECTION}
-    if job.mode == "generate":
-        label_config["sampling"] = dataclasses.asdict(job.sampling)
+    config = label_config(job, mcfg)
     t_fp, tok_fp = teacher_fingerprint(cfg.model_dir), tokenizer_fingerprint(cfg.model_dir)
-    key = cache_key(t_fp, tok_fp, label_config)
+    key = config.cache_key(t_fp, tok_fp)
     header = {"schema_version": SCHEMA_VERSION, "cache_key": key,
               "teacher": {"path": strip_credentials(cfg.model_dir), "fingerprint": t_fp,
-                          "dtype": label_config["dtype"]},
-              "tokenizer_fingerprint": tok_fp, "label_config": label_config}
-    metadata = {"teacher_fingerprint": t_fp, "tokenizer_fingerprint": tok_fp, "k": cfg.top_k,
-                "label_mode": job.mode, "dtype": label_config["dtype"], "cache_key": key}
-    copy_tokenizer(cfg.model_dir, job.out)
+                          "dtype": config.dtype},
+              "tokenizer_fingerprint": tok_fp, "label_config": config.to_dict()}
+    metadata = config.shard_metadata(t_fp, tok_fp)
+    copy_tokenizer(cfg.model_dir, f"{job.out.rstrip('/')}/{TOKENIZER_DIR}")
     clear_stale_commits(job.out, key)
     existing = committed_shards(job.out, key)
     if not any(a.startswith("--runner") for a in beam_args):
         beam_args = ["--runner=FnApiRunner", *beam_args]
     with Progress(job, key, enabled=progress):
         with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
-            build(p, job, header, metadata, existing)
+            build(p, job, config, header, metadata, existing)
     manifest = load_manifest(job.out)
     return summarize(job.out, manifest)
-
-
-def committed_shards(out: str, key: str) -> dict:
-    """Shards already committed under this cache key (previous manifest, or commit records of an
-    interrupted run) whose files are present: chunk name -> ShardInfo dict."""
-    import fsspec
-    fs, root = fsspec.core.url_to_fs(out)
-    fs.invalidate_cache(f"{root}/shards")
-    found = {}
-    try:
-        m = load_manifest(out)
-        if m.cache_key == key:
-            found.update({shards.shard_chunk(s.path): dataclasses.asdict(s) for s in m.shards})
-    except FileNotFoundError:
-        pass
-    found.update({r["chunk"]: r["shard"] for r in read_commits(out) if r["cache_key"] == key})
-    return {c: info for c, info in found.items() if shard_present(out, info)}
-
-
-def shard_present(out: str, info: dict) -> bool:
-    """The shard a manifest entry or commit record names is in place at its recorded size."""
-    import fsspec
-    fs, root = fsspec.core.url_to_fs(out)
-    path = f"{root}/{info['path']}"
-    return fs.exists(path) and fs.size(path) == info["bytes"]
-
-
-def copy_tokenizer(model_dir: str, out: str) -> None:
-    """Ship the teacher's tokenizer inside the label set, so students need nothing else."""
-    import fsspec
-    from schemas.fingerprint import TOKENIZER_FILES
-    fs, root = fsspec.core.url_to_fs(model_dir)
-    for name in TOKENIZER_FILES:
-        if fs.exists(f"{root}/{name}"):
-            shards.commit_bytes(out, f"tokenizer/{name}", fs.cat_file(f"{root}/{name}"))
 
 
 def summarize(out: str, manifest: Manifest) -> dict:

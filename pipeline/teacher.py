@@ -31,6 +31,8 @@ import threading
 
 import numpy as np
 
+from schemas.labelset import Labels
+
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the job prints its own progress
 
@@ -66,16 +68,6 @@ def checkpoint_dtype(cfg: dict) -> str:
 
 def context_length(cfg: dict) -> int:
     return int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 2048)
-
-
-@dataclasses.dataclass
-class Labels:
-    """Teacher labels for the response span of one sequence (n = number of response tokens)."""
-    topk_ids: np.ndarray         # (n, k) int32, descending probability
-    topk_logprobs: np.ndarray    # (n, k) float32
-    target_logprob: np.ndarray   # (n,) float32
-    hidden: dict                 # layer -> (d,) float32 mean over the response span
-    proj: dict = dataclasses.field(default_factory=dict)  # layer -> (n, r) float32 projections
 
 
 def load_lm_head(model_dir: str, mcfg: dict) -> "torch.Tensor":  # noqa: F821

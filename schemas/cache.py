@@ -3,7 +3,8 @@ import time
 
 import fsspec
 
-from schemas.manifest import (COMMITS_DIR, MANIFEST_NAME, load_committed, load_manifest,
+from schemas.files import COMMITS_DIR, MANIFEST_NAME, SHARDS_DIR
+from schemas.manifest import (load_committed, load_manifest,
                               read_commits)
 from schemas.validate import ShardError, verify_shard
 
@@ -95,7 +96,7 @@ def unreferenced_files(root: str, min_age: float = 3600.0) -> list[tuple[str, in
             rel = path[len(base) + 1:]
             name = rel.rsplit("/", 1)[-1]
             temp = name.startswith(".") and "tmp" in name
-            if rel in refs or not (temp or rel.split("/")[0] == "shards"):
+            if rel in refs or not (temp or rel.split("/")[0] == SHARDS_DIR):
                 continue
             try:
                 age = now - fs.modified(path).timestamp()

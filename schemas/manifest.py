@@ -10,15 +10,13 @@ import json
 import os
 import socket
 import time
-import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
+from schemas.files import COMMITS_DIR, MANIFEST_NAME, write_atomic
 from schemas.rows import SCHEMA_VERSION
 
-MANIFEST_NAME = "manifest.json"
-COMMITS_DIR = "commits"
 FORMAT = "kd-labels"
 
 
@@ -66,14 +64,8 @@ def strip_credentials(url: str) -> str:
     return url
 
 
-def write_manifest(label_dir: str, manifest: Manifest, storage_options: dict | None = None) -> str:
-    fs, root = fsspec.core.url_to_fs(label_dir, **(storage_options or {}))
-    final = f"{root}/{MANIFEST_NAME}"
-    tmp = f"{root}/.{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp"
-    with fs.open(tmp, "w") as f:
-        f.write(manifest.to_json())
-    fs.mv(tmp, final)
-    return final
+def write_manifest(label_dir: str, manifest: Manifest) -> str:
+    return write_atomic(label_dir, MANIFEST_NAME, manifest.to_json().encode())
 
 
 def load_manifest(label_dir: str, storage_options: dict | None = None) -> Manifest:
@@ -95,15 +87,12 @@ def write_commit(label_dir: str, info: ShardInfo, cache_key: str, label_config: 
     One small JSON object per input chunk, written whole (temp + rename; one PUT on object
     stores) after its shard, so a reader sees a record only once its shard is in place.
     """
-    fs, root = fsspec.core.url_to_fs(label_dir)
-    final = f"{root}/{COMMITS_DIR}/{chunk}.json"  # one record per input chunk, the last one wins
-    tmp = f"{root}/{COMMITS_DIR}/.{chunk}.{uuid.uuid4().hex}.tmp"
-    fs.makedirs(f"{root}/{COMMITS_DIR}", exist_ok=True)
     writer = f"{socket.gethostname()}:{os.getpid()}"  # which worker committed it
-    fs.pipe(tmp, json.dumps({"cache_key": cache_key, "label_config": label_config,
+    # one record per input chunk, the last one wins
+    write_atomic(label_dir, f"{COMMITS_DIR}/{chunk}.json",
+                 json.dumps({"cache_key": cache_key, "label_config": label_config,
                              "chunk": chunk, "shard": dataclasses.asdict(info),
                              "writer": writer}).encode())
-    fs.mv(tmp, final)
 
 
 def read_commits(label_dir: str) -> list[dict]:

@@ -9,56 +9,18 @@ against their recorded sha256 before use and decoded column-wise with numpy.
 import dataclasses
 import functools
 import hashlib
-import os
 import time
 
 import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from schemas import ShardInfo, compact, hidden_column, load_manifest, proj_column, verify_shard
+from schemas import ShardInfo, load_manifest, verify_shard
+from schemas.files import TOKENIZER_DIR, copy_tokenizer
+from schemas.labelconfig import LabelConfig
+from schemas.labelset import ShardArrays, decode_table
 from schemas.manifest import load_committed
-
-
-@dataclasses.dataclass
-class ShardArrays:
-    """One shard decoded to flat numpy arrays (no per-row Python objects)."""
-    view: np.ndarray          # (R,) object
-    example_id: np.ndarray    # (R,) object
-    ids: np.ndarray           # flat input ids
-    ids_off: np.ndarray       # (R+1,)
-    label_start: np.ndarray   # (R,)
-    topk_ids: np.ndarray      # (T, k) over all response tokens of the shard
-    topk_lp: np.ndarray       # (T, k)
-    tok_off: np.ndarray       # (R+1,) offsets into the T axis
-    hidden: dict              # teacher layer -> (R, d) summaries, or (T, r) per-token projections
-    hidden_per_token: bool = False
-
-
-def _offsets(col: pa.ChunkedArray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(pc.list_value_length(col).to_numpy())])
-
-
-def decode_table(table: pa.Table, k: int, hidden_layers: list[int],
-                 per_token: bool = False) -> ShardArrays:
-    """A shard table (plain or compact, by its ``kd.encoding``) -> flat arrays. ``per_token``:
-    hidden targets are the per-token projections ``hidden_proj_l<L>`` instead of the means."""
-    flat_ids = pc.list_flatten(table["input_ids"]).to_numpy()
-    tk, tl = compact.topk_arrays(table, k)
-    if per_token:
-        hidden = {layer: pc.list_flatten(pc.list_flatten(table[proj_column(layer)])).to_numpy()
-                  .reshape(len(tk), -1) for layer in hidden_layers}
-    else:
-        hidden = {layer: pc.list_flatten(table[hidden_column(layer)]).to_numpy()
-                  .reshape(table.num_rows, -1) for layer in hidden_layers}
-    return ShardArrays(table["view"].to_numpy(zero_copy_only=False),
-                       table["example_id"].to_numpy(zero_copy_only=False), flat_ids,
-                       _offsets(table["input_ids"]), table["label_start"].to_numpy(),
-                       tk, tl, _offsets(table[compact.position_column(table)]), hidden,
-                       per_token)
 
 
 class LabelSet:
@@ -87,16 +49,16 @@ class LabelSet:
                 raise TimeoutError(f"no shard committed in {path} after {timeout:.0f} s")
             time.sleep(poll)
             self.refresh(follow)
-        lc = self.label_config
-        self.k = int(lc["top_k"])
-        self.hidden_layers = list(lc.get("hidden_layers") or [])
-        self.hidden_dim = lc.get("hidden_size")
-        self.teacher_layers = lc.get("teacher_num_layers")
+        lc = self.config = LabelConfig.from_dict(self.label_config)
+        self.k = lc.top_k
+        self.hidden_layers = list(lc.hidden_layers)
+        self.hidden_dim = lc.hidden_size
+        self.teacher_layers = lc.teacher_num_layers
         if hidden_per_token:
-            if not lc.get("hidden_proj"):
+            if not lc.hidden_proj:
                 raise ValueError(f"{path} stores no per-token projections: label it with "
                                  "`kd label --hidden-proj-dim R`")
-            self.hidden_dim = int(lc["hidden_proj"]["dim"])
+            self.hidden_dim = int(lc.hidden_proj["dim"])
         if self.hidden_layers and self.hidden_dim is None and self.num_shards:
             self.hidden_dim = next(iter(self.shard(0)[0].hidden.values())).shape[1]
 
@@ -175,12 +137,11 @@ class LabelSet:
     def tokenizer_dir(self) -> str:
         """A local directory with the label set's tokenizer (copied once if the set is remote)."""
         if "file" in self.fs.protocol or "local" in self.fs.protocol:
-            return f"{self.root}/tokenizer"
+            return f"{self.root}/{TOKENIZER_DIR}"
         if self._local_tok is None:
             import tempfile
             self._local_tok = tempfile.mkdtemp(prefix="kd-tokenizer-")
-            for path in self.fs.ls(f"{self.root}/tokenizer", detail=False):
-                self.fs.get(path, os.path.join(self._local_tok, os.path.basename(path)))
+            copy_tokenizer(f"{self.path}/{TOKENIZER_DIR}", self._local_tok)
         return self._local_tok
 
 

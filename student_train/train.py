@@ -16,8 +16,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from schemas.files import copy_tokenizer
 from student_train import checkpoint, losses
-from student_train.model import Distiller, load_student, save_tokenizer_files
+from student_train.model import Distiller, load_student
 from student_train.stream import LabelSet, batches, loader
 
 
@@ -231,7 +232,7 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         mf.close()
         student.save_pretrained(cfg.out, safe_serialization=True)
-        save_tokenizer_files(ls.tokenizer_dir(), cfg.out)
+        copy_tokenizer(ls.tokenizer_dir(), cfg.out)
         with open(os.path.join(cfg.out, "train_config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
         from student_train.plots import plot_metrics
