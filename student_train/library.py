@@ -2,7 +2,7 @@
 
     from student_train.library import LabelSetDataset, collate_rows, kd_loss
 
-    ds = LabelSetDataset("runs/demo/labels/train", seed=0)        # torch IterableDataset
+    ds = LabelSetDataset("runs/demo/labels/train", seed=0, batch_size=16)  # IterableDataset
     dl = torch.utils.data.DataLoader(ds, batch_size=16, collate_fn=collate_rows)
     for batch in dl:
         logits = model(input_ids=batch["input_ids"],
@@ -30,16 +30,20 @@ class LabelSetDataset(torch.utils.data.IterableDataset):
     labelled position), ``topk_ids`` and ``topk_logprobs`` (n, k) for the n labelled positions,
     and ``position`` (epoch, index) of the row in the stream.
 
-    ``rank``/``world`` default to torch.distributed's when it is initialised. Iterates ``epochs``
+    ``rank``/``world`` default to torch.distributed's when it is initialised. DataLoader workers
+    are dealt rows in blocks of ``batch_size`` (give the DataLoader's), so the batches are the
+    same for any number of workers. Iterates ``epochs``
     epochs (None: forever, for step-bounded training). Resumable: ``state_dict()`` after the rows
     consumed in this process, or the ``next_position`` of the last collated batch when a
-    DataLoader runs workers; ``load_state_dict`` before iterating continues exactly there.
+    DataLoader runs workers; ``load_state_dict`` before iterating continues exactly there (iterating again in the same
+    process continues where the last iteration stopped).
     Shards are verified against their sha256 before use (``verify``).
     """
 
     def __init__(self, path: str, views: tuple[str, ...] = ("raw", "simplified"), seed: int = 0,
                  rank: int | None = None, world: int | None = None, epochs: int | None = None,
-                 shuffle_buffer: int = 2048, follow: bool = False, verify: bool = True):
+                 shuffle_buffer: int = 2048, follow: bool = False, verify: bool = True,
+                 batch_size: int = 1):
         super().__init__()
         self.labels = LabelSet(path, views=tuple(views), verify=verify, follow=follow)
         if rank is None:
@@ -48,7 +52,7 @@ class LabelSetDataset(torch.utils.data.IterableDataset):
                            if dist else (0, 1))
         self.rank, self.world = rank, world or 1
         self.seed, self.epochs, self.follow = seed, epochs, follow
-        self.shuffle_buffer = shuffle_buffer
+        self.shuffle_buffer, self.block = shuffle_buffer, batch_size
         self.position = (0, 0)  # (epoch, index of the next row) for this rank
 
     @property
@@ -79,7 +83,7 @@ class LabelSetDataset(torch.utils.data.IterableDataset):
         for g, ((epoch, index), build) in enumerate(rows):
             if self.epochs is not None and epoch >= self.epochs:
                 return
-            if g % workers != wid:
+            if (g // self.block) % workers != wid:
                 continue
             b = build()
             self.position = (epoch, index + 1)
