@@ -10,8 +10,9 @@ DESCRIPTION = """Run the teacher (vLLM, in-process) over raw [and simplified] re
 Parquet, any fsspec URL) through
 an Apache Beam pipeline; write Parquet shards, a rejects file and the manifest to --out.
 Arguments not listed here are passed to Beam (e.g. --runner=DirectRunner
---direct_num_workers=2 --direct_running_mode=multi_processing). --config FILE.yaml holds any of
-the options below by their long name (top_k: 20); flags given on the command line override it."""
+--direct_num_workers=2 --direct_running_mode=multi_processing); one that neither kd nor Beam
+knows stops the command before any work. --config FILE.yaml holds any of the options below by
+their long name (top_k: 20); flags given on the command line override it."""
 REQUIRED = ("teacher", "input", "out")
 
 
