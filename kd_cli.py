@@ -1,23 +1,39 @@
 """The ``kd`` command: ``kd label``, ``kd plan``, ``kd train``, ``kd eval``, ``kd cache``."""
 import argparse
+import difflib
 import sys
 
 
 def add_cache_parser(sub) -> None:
-    cache = sub.add_parser("cache", help="list and inspect label sets")
+    cache = sub.add_parser("cache", help="list, inspect, verify and clean label sets")
     csub = cache.add_subparsers(dest="cache_command", required=True)
     ls = csub.add_parser("ls", help="every label set under ROOT, one line each")
     ls.add_argument("root")
+    ls.add_argument("--json", action="store_true", help="one JSON list instead of the table")
     ls.set_defaults(func=cache_ls)
     ins = csub.add_parser("inspect", help="one label set in full (JSON)")
     ins.add_argument("dir")
     ins.add_argument("--verify", action="store_true", help="check every shard's sha256")
     ins.set_defaults(func=cache_inspect)
+    ver = csub.add_parser("verify", help="check every checksum of every label set under ROOT; "
+                                         "exit status 1 on any mismatch or missing shard")
+    ver.add_argument("root")
+    ver.set_defaults(func=cache_verify)
+    gc = csub.add_parser("gc", help="list files under ROOT that no manifest or commit record "
+                                    "refers to; remove them with --yes")
+    gc.add_argument("root")
+    gc.add_argument("--yes", action="store_true", help="remove the files listed")
+    gc.add_argument("--min-age", type=float, default=3600.0, metavar="SECONDS",
+                    help="only files older than this (a running job's newest shard is "
+                         "unreferenced until its commit record is written; default 3600)")
+    gc.set_defaults(func=cache_gc)
 
 
 def cache_ls(args, _rest) -> int:
+    import json
     from schemas.cache import describe, find_label_sets, format_ls
-    print(format_ls([describe(d) for d in find_label_sets(args.root)]))
+    rows = [describe(d) for d in find_label_sets(args.root)]
+    print(json.dumps(rows, indent=1, sort_keys=True) if args.json else format_ls(rows))
     return 0
 
 
@@ -27,6 +43,83 @@ def cache_inspect(args, _rest) -> int:
     info = describe(args.dir, verify=args.verify)
     print(json.dumps(info, indent=1, sort_keys=True))
     return 1 if info.get("corrupted") else 0
+
+
+def cache_verify(args, _rest) -> int:
+    from schemas.cache import find_label_sets, verify_label_set
+    dirs = find_label_sets(args.root)
+    if not dirs:
+        print(f"no label sets under {args.root}", file=sys.stderr)
+        return 1
+    bad = 0
+    for d in dirs:
+        n, problems = verify_label_set(d)
+        bad += len(problems)
+        print(f"{'ok ' if not problems else 'BAD'} {d}: {n} shards checked"
+              + "".join(f"\n    {p}" for p in problems))
+    print(f"{len(dirs)} label set(s), {bad} problem(s)")
+    return 1 if bad else 0
+
+
+def cache_gc(args, _rest) -> int:
+    from schemas.cache import remove_files, unreferenced_files
+    found = unreferenced_files(args.root, min_age=args.min_age)
+    for path, size in found:
+        print(f"{size:>12} {path}")
+    total = sum(size for _, size in found)
+    if not found:
+        print(f"nothing to remove under {args.root}")
+    elif args.yes:
+        remove_files(args.root, [p for p, _ in found])
+        print(f"removed {len(found)} file(s), {total / 1e6:.2f} MB")
+    else:
+        print(f"{len(found)} file(s), {total / 1e6:.2f} MB unreferenced; "
+              "run again with --yes to remove them")
+    return 0
+
+
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+
+
+def beam_parser() -> argparse.ArgumentParser:
+    """A parser of every flag some Beam PipelineOptions class defines (what Beam accepts)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    return parser
+
+
+def unknown_argument(rest: list[str], known: list[str],
+                     beam: argparse.ArgumentParser | None = None) -> str | None:
+    """A message naming the first argument in ``rest`` that neither kd (``known``) nor Beam
+    (``beam``, for kd label) accepts, with the nearest valid flag; None if all are accepted."""
+    pool = list(known)
+    if beam is not None:
+        _, rest = beam.parse_known_args(rest)
+        pool += option_strings(beam)
+    for arg in rest:
+        if not arg.startswith("-"):
+            return f"unexpected argument {arg!r} (options are --name value or --name=value)"
+        name = arg.split("=", 1)[0]
+        exact = [c for c in pool if c.replace("_", "-") == name.replace("_", "-")]
+        near = exact or difflib.get_close_matches(name, pool, n=1, cutoff=0.7)
+        hint = f"; did you mean {near[0]}?" if near else "; see --help"
+        return f"unknown argument {name}{hint}"
+    return None
+
+
+def chosen_parser(ap: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub)parser of the command given, e.g. the parser of `kd cache gc`."""
+    parser = ap
+    for dest in ("command", "cache_command"):
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)),
+                   None)
+        if sub is None or getattr(args, dest, None) is None:
+            break
+        parser = sub.choices[getattr(args, dest)]
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     train_cli.add_parsers(sub)
     add_cache_parser(sub)
     args, rest = ap.parse_known_args(argv)
-    if rest and args.command != "label":
-        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    parser = chosen_parser(ap, args)
+    if rest:  # before any work: a misspelt flag must not run with the defaults
+        beam = beam_parser() if args.command == "label" else None
+        problem = unknown_argument(rest, option_strings(parser), beam)
+        if problem:
+            parser.exit(2, f"{parser.prog}: error: {problem}\n")
     return args.func(args, rest) or 0
 
 

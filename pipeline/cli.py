@@ -10,8 +10,9 @@ DESCRIPTION = """Run the teacher (vLLM, in-process) over raw [and simplified] re
 Parquet, any fsspec URL) through
 an Apache Beam pipeline; write Parquet shards, a rejects file and the manifest to --out.
 Arguments not listed here are passed to Beam (e.g. --runner=DirectRunner
---direct_num_workers=2 --direct_running_mode=multi_processing). --config FILE.yaml holds any of
-the options below by their long name (top_k: 20); flags given on the command line override it."""
+--direct_num_workers=2 --direct_running_mode=multi_processing); one that neither kd nor Beam
+knows stops the command before any work. --config FILE.yaml holds any of the options below by
+their long name (top_k: 20); flags given on the command line override it."""
 REQUIRED = ("teacher", "input", "out")
 
 
@@ -33,6 +34,19 @@ def add_parser(sub) -> None:
     ap.add_argument("--chat-template", action="store_true",
                     help="wrap each prompt in the tokenizer's chat template as a user turn")
     ap.add_argument("--top-k", type=int, default=20)
+    smp = ap.add_argument_group("sampled soft labels (schema v2; recorded in the label config)")
+    smp.add_argument("--targets", choices=["topk", "sampled", "both"], default="topk",
+                     help="topk: the k most likely tokens (default); sampled: N draws per "
+                          "position from the teacher's full distribution, stored as distinct ids "
+                          "with counts (an unbiased estimate of the full-vocabulary loss); both: "
+                          "the top k exactly plus N draws from the rest")
+    smp.add_argument("--samples", type=int, default=12, metavar="N",
+                     help="draws per position for sampled targets (1..255)")
+    smp.add_argument("--proposal-temperature", type=float, default=1.0, metavar="TAU",
+                     help="draw from softmax(log p / TAU) and store importance weights p/q "
+                          "(TAU > 1 reaches further into the tail); 1 = the teacher itself")
+    smp.add_argument("--sample-seed", type=int, default=0,
+                     help="draws are seeded from (this, example id, position)")
     ap.add_argument("--dtype", default=None,
                     help="engine dtype (default: the checkpoint's own, e.g. float32)")
     ap.add_argument("--hidden-layers", default="final",
@@ -136,12 +150,24 @@ def main(args, beam_args: list[str]) -> int:
         sys.exit(str(e))
     if args.hidden_proj_dim and not layers:
         sys.exit("--hidden-proj-dim needs --hidden-layers")
-    cfg = TeacherConfig(model_dir=args.teacher, top_k=args.top_k, dtype=args.dtype,
+    if args.targets != "topk" and not 1 <= args.samples <= 255:
+        sys.exit(f"--samples {args.samples}: use 1..255 draws per position")
+    if args.targets != "topk" and not args.proposal_temperature > 0:
+        sys.exit(f"--proposal-temperature {args.proposal_temperature}: must be > 0")
+    if args.targets != "sampled" and args.top_k < 1:
+        sys.exit(f"--top-k {args.top_k}: must be >= 1 with --targets {args.targets}")
+    sampling_args = {}
+    if args.targets != "topk":
+        sampling_args = dict(targets=args.targets, samples=args.samples,
+                             proposal_temperature=args.proposal_temperature,
+                             sample_seed=args.sample_seed)
+    cfg = TeacherConfig(model_dir=args.teacher,
+                        top_k=0 if args.targets == "sampled" else args.top_k, dtype=args.dtype,
                         hidden_layers=layers, proj_dim=args.hidden_proj_dim,
                         proj_seed=args.hidden_proj_seed,
                         max_model_len=args.max_model_len, kv_cache_gb=args.kv_cache_gb,
                         enforce_eager=args.enforce_eager, trust_remote_code=args.trust_remote_code,
-                        engine_args=parse_engine_args(args.engine_arg))
+                        engine_args=parse_engine_args(args.engine_arg), **sampling_args)
     t0 = time.time()
     try:
         columns = tuple(tuple(kv.split("=", 1)) for kv in args.columns.split(",") if kv)

@@ -20,11 +20,11 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import records
+from pipeline import records, sampler
 from pipeline.teacher import (SamplingConfig, TeacherConfig, checkpoint_dtype, context_length,
                               model_config)
 from pipeline.tokenize import Tokenized, load_tokenizer, tokenize_example
-from schemas import (SCHEMA_VERSION, Manifest, ShardInfo, load_manifest, teacher_fingerprint,
+from schemas import (Manifest, ShardInfo, load_manifest, teacher_fingerprint,
                      tokenizer_fingerprint, write_manifest)
 from schemas.rows import PROJECTION
 from schemas import labelset
@@ -143,7 +143,8 @@ class LabelChunkFn(beam.DoFn):
         t0 = time.perf_counter()
         if self.sampling is not None:
             items = self.generate(items)
-        labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items])
+        labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items],
+                                    [t.id for t in items])
         yield from self.drain()  # the previous chunk's write ran beside this forward
         if not self.overlap:
             yield self.write(chunk, items, labels, t0)
@@ -329,7 +330,11 @@ def label_config(job: LabelJob, mcfg: dict) -> LabelConfig:
         views=("raw", "simplified") if job.simplified else ("raw",),
         hidden_proj=({"dim": cfg.proj_dim, "seed": cfg.proj_seed, "matrix": PROJECTION}
                      if cfg.proj_dim else None),
-        sampling=dataclasses.asdict(job.sampling) if job.mode == "generate" else None)
+        sampling=dataclasses.asdict(job.sampling) if job.mode == "generate" else None,
+        targets=cfg.targets,
+        sampled=({"n": cfg.samples, "proposal_temperature": cfg.proposal_temperature,
+                  "seed": cfg.sample_seed, "draws": sampler.SCHEME}
+                 if cfg.targets != "topk" else None))
 
 
 def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
@@ -341,7 +346,7 @@ def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
     config = label_config(job, mcfg)
     t_fp, tok_fp = teacher_fingerprint(cfg.model_dir), tokenizer_fingerprint(cfg.model_dir)
     key = config.cache_key(t_fp, tok_fp)
-    header = {"schema_version": SCHEMA_VERSION, "cache_key": key,
+    header = {"schema_version": config.schema_version, "cache_key": key,
               "teacher": {"path": strip_credentials(cfg.model_dir), "fingerprint": t_fp,
                           "dtype": config.dtype},
               "tokenizer_fingerprint": tok_fp, "label_config": config.to_dict()}

@@ -68,8 +68,23 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
+def kd_loss(logits: torch.Tensor, batch, sl: slice, cfg: TrainConfig, targets: str = "topk",
+            importance: bool = False) -> torch.Tensor:
+    """Per-position KD term of positions ``sl`` for the label set's targets: the sparse top-k
+    divergence, or the sampled estimator (``importance``: weight draws by the stored p/q)."""
+    if targets == "topk":
+        return losses.sparse_kd_loss(logits, batch.topk_ids[sl], batch.topk_logprobs[sl],
+                                     cfg.temperature, cfg.divergence, cfg.tail, beta=cfg.beta,
+                                     alpha=cfg.alpha)
+    logw = batch.sample_logw[sl] if importance and batch.sample_logw.shape[1] else None
+    w = losses.sample_weights(batch.sample_counts[sl], logw)
+    head = (batch.topk_ids[sl], batch.topk_logprobs[sl]) if targets == "both" else (None, None)
+    return losses.sampled_kd_loss(logits, batch.sample_ids[sl], w, cfg.temperature, *head)
+
+
 def backward_step(model: Distiller, batch, cfg: TrainConfig, scale: float = 1.0,
-                  denom: float | None = None, engine: torch.nn.Module | None = None) -> dict:
+                  denom: float | None = None, engine: torch.nn.Module | None = None,
+                  targets: str = "topk", importance: bool = False) -> dict:
     """Forward + backward of one micro-batch; gradients accumulate, scaled by ``scale``.
 
     Logit losses are summed over positions and divided by ``denom`` (default: this batch's
@@ -98,9 +113,7 @@ def backward_step(model: Distiller, batch, cfg: TrainConfig, scale: float = 1.0,
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = torch.nn.functional.linear(h_leaf[sl], *leaves)
         ce = losses.ce_loss(logits, batch.targets[sl]).sum()
-        kd = (losses.sparse_kd_loss(logits, batch.topk_ids[sl], batch.topk_logprobs[sl],
-                                    cfg.temperature, cfg.divergence, cfg.tail, beta=cfg.beta,
-                                    alpha=cfg.alpha).sum()
+        kd = (kd_loss(logits, batch, sl, cfg, targets, importance).sum()
               if cfg.lam < 1.0 else torch.zeros((), device=logits.device))
         (losses.combined_loss(ce, kd, cfg.lam, cfg.temperature) * (scale / denom)).backward()
         ce_total += ce.item()
@@ -157,6 +170,9 @@ def train(cfg: TrainConfig) -> dict:
     sync = broadcast_from_rank0 if world > 1 else None
     if sync:
         ls.shards = sync(ls.shards)
+    losses.check_sampled(ls.targets, cfg.divergence, cfg.temperature, ls.proposal_temperature)
+    # draws at tau != T = 1 need their weights p/q; at T = tau the draws are the target itself
+    importance = not math.isclose(cfg.temperature, ls.proposal_temperature)
     student, tok = load_student(cfg.student, ls.tokenizer_dir(), cfg.seed)
     model = Distiller(student, ls.hidden_layers if cfg.hidden_weight > 0 else [],
                       ls.hidden_dim, cfg.layer_map, ls.teacher_layers, per_token).to(device)
@@ -220,7 +236,7 @@ def train(cfg: TrainConfig) -> dict:
                 denom = count.item() / world
             with parallel.grad_sync(engine, len(parts) == cfg.grad_accum - 1):
                 parts.append(backward_step(model, batch, cfg, 1.0 / cfg.grad_accum, denom,
-                                           engine))
+                                           engine, ls.targets, importance))
         last = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
