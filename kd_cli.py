@@ -147,7 +147,7 @@ def log_path(args) -> str | None:
 
 @contextlib.contextmanager
 def quiet_output(path: str | None, verbose: bool):
-    """Yield the stream for kd's own lines (stages, progress bars, summaries, errors).
+    """Yield the stream (standard output) for kd's own lines: stages, progress bars, summaries.
 
     Unless ``verbose``, file descriptors 1 and 2 point at ``path`` meanwhile, so whatever the
     engine, Beam, torch or transformers write (from Python, C++ or worker processes) lands in
@@ -159,12 +159,12 @@ def quiet_output(path: str | None, verbose: bool):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
         log.handlers = [handler]
-        yield sys.stderr
+        yield sys.stdout
         return
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    term = os.fdopen(os.dup(2), "w", buffering=1)
+    term = os.fdopen(os.dup(1), "w", buffering=1)
     logfile = open(path, "a", buffering=1)
     os.dup2(logfile.fileno(), 1)
     os.dup2(logfile.fileno(), 2)
@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             parser.exit(2, f"{parser.prog}: error: {problem}\n")
     path = log_path(args)
+    error = None
     with quiet_output(path, getattr(args, "verbose", False)) as term:
         args.term = term
         if path and not args.verbose:
@@ -223,15 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return args.func(args, rest) or 0
         except SystemExit as e:
-            if isinstance(e.code, str):  # a message for the user: on the terminal
-                print(e.code, file=term)
-                return 1
-            raise
+            if not isinstance(e.code, str):
+                raise
+            error = e.code  # a message for the user
         except (ValueError, FileNotFoundError, OSError, TimeoutError) as e:
             logging.getLogger("kd").debug("failed", exc_info=True)  # the traceback: log file
-            print(f"kd {args.command}: error: {e}" + (f" (details: {path})" if path else ""),
-                  file=term)
-            return 1
+            error = f"kd {args.command}: error: {e}" + (f" (details: {path})" if path else "")
+    print(error, file=sys.stderr)  # after the descriptors are back: on the terminal
+    return 1
 
 
 if __name__ == "__main__":

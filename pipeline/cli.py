@@ -149,7 +149,7 @@ def main(args, beam_args: list[str]) -> int:
         shutdown_all()
     summary["seconds"] = round(time.time() - t0, 2)
     print(job.format_summary(summary), file=term)
-    print(f"done in {summary['seconds']} s -> {args.out}", file=term)
+    print(f"label set: {args.out}", file=term)
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             f.write(job.dumps(summary))

@@ -317,15 +317,19 @@ def summarize(out: str, manifest: Manifest) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"rows in        {summary['rows_in']}",
-             f"rows labelled  {summary['rows_labelled']} ({summary.get('rows_reused', 0)} reused "
-             f"from {summary.get('shards_reused', 0)} unchanged shards)",
-             f"rows rejected  {summary['rows_rejected']}",
-             f"tokens         {summary['tokens_labelled']}",
-             f"shards         {summary['shards']}"]
-    for reason, n in summary["rejects_by_reason"].items():
-        lines.append(f"  rejected: {reason:<16} {n}")
-    return "\n".join(lines)
+    """The run in one line (two with rejects): counts, reuse, tokens and, when timed, speed."""
+    line = (f"labelled {summary['rows_labelled']} of {summary['rows_in']} rows "
+            f"({summary.get('rows_reused', 0)} reused from {summary.get('shards_reused', 0)} "
+            f"unchanged shards), {summary['tokens_labelled']} tokens, {summary['shards']} "
+            f"shards; rejected {summary['rows_rejected']}")
+    if summary.get("seconds"):
+        line += (f"; {summary['seconds']:.1f} s, "
+                 f"{summary['tokens_labelled'] / summary['seconds']:.0f} tokens/s")
+    if summary["rejects_by_reason"]:
+        line += ("\n  rejects by reason: "
+                 + ", ".join(f"{r} {n}" for r, n in summary["rejects_by_reason"].items())
+                 + f" (rows in {summary['rejects_path']})")
+    return line
 
 
 def dumps(summary: dict) -> str:

@@ -37,8 +37,8 @@ def test_verbose_shows_everything(tmp_path, capfd):
         os.write(2, b"engine stderr from C\n")
         logging.getLogger("kd").info("a stage")
         print("summary", file=term)
-    err = capfd.readouterr().err
-    assert "engine stderr" in err and "a stage" in err and "summary" in err
+    out, err = capfd.readouterr()
+    assert "engine stderr" in err and "a stage" in err and "summary" in out
 
 
 def test_errors_reach_the_terminal(tmp_path, capfd):
