@@ -85,6 +85,7 @@ def option_strings(parser: argparse.ArgumentParser) -> list[str]:
 def beam_parser() -> argparse.ArgumentParser:
     """A parser of every flag some Beam PipelineOptions class defines (what Beam accepts)."""
     from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    import apache_beam.runners.dask.dask_runner  # noqa: F401  defines the --dask_* options
     parser = _BeamArgumentParser(allow_abbrev=False)
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         cls._add_argparse_args(parser)
