@@ -1,6 +1,5 @@
 """``kd label``: label a dataset with the teacher and write a label set."""
 import json
-import logging
 import sys
 import time
 
@@ -132,16 +131,10 @@ def resolve_config(args) -> None:
 
 
 def main(args, beam_args: list[str]) -> int:
+    term = getattr(args, "term", sys.stdout)  # kd's own lines (kd_cli sends the rest to a log)
     from pipeline import job
     from pipeline.teacher import SamplingConfig, TeacherConfig, model_config, shutdown_all
 
-    log = logging.getLogger("kd")  # our own handler: importing Beam configures the root logger
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
     resolve_config(args)
     n_layers = int(model_config(args.teacher)["num_hidden_layers"])
     try:
@@ -176,12 +169,12 @@ def main(args, beam_args: list[str]) -> int:
             shard_rows=args.shard_rows, truncate=args.too_long == "truncate", mode=args.mode,
             columns=columns, chat_template=args.chat_template, encoding=args.encoding,
             sampling=SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed))
-        summary = job.run(label_job, beam_args, progress=args.progress)
+        summary = job.run(label_job, beam_args, progress=term if args.progress else None)
     finally:
         shutdown_all()
     summary["seconds"] = round(time.time() - t0, 2)
-    print(job.format_summary(summary))
-    print(f"done in {summary['seconds']} s -> {args.out}")
+    print(job.format_summary(summary), file=term)
+    print(f"label set: {args.out}", file=term)
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             f.write(job.dumps(summary))

@@ -175,7 +175,7 @@ class LabelChunkFn(beam.DoFn):
                                   self.config.encoding)
         write_commit(self.out, info, self.metadata["cache_key"], self.config.to_dict(), chunk)
         dt = time.perf_counter() - t0
-        log.info("committed %s: %d rows, %d labelled tokens, %.0f tokens/s", info.path,
+        log.debug("committed %s: %d rows, %d labelled tokens, %.0f tokens/s", info.path,
                  info.rows, info.tokens, sum(len(t.raw_ids) for t in items) / dt)
         return {**dataclasses.asdict(info), "reused": False}
 
@@ -187,7 +187,7 @@ class LabelChunkFn(beam.DoFn):
             [t.raw_ids for t in items], [t.id for t in items],
             [min(self.sampling.max_new_tokens, r) for r in room], self.sampling)
         n = sum(len(r) for r in responses)
-        log.info("generated %d responses, %d tokens, %.0f tokens/s", len(items), n,
+        log.debug("generated %d responses, %d tokens, %.0f tokens/s", len(items), n,
                  n / (time.perf_counter() - t0))
         return with_responses(items, responses)
 
@@ -276,8 +276,9 @@ class Progress:
     """A progress bar fed by the job's commit records (shards, rows, tokens/s, ETA), polled from
     the driver while the pipeline runs; the total is the input's record count / shard_rows."""
 
-    def __init__(self, job: LabelJob, key: str, enabled: bool = True, every: float = 1.0):
-        self.job, self.key, self.enabled, self.every = job, key, enabled, every
+    def __init__(self, job: LabelJob, key: str, file=None, every: float = 1.0):
+        self.job, self.key, self.file, self.every = job, key, file, every
+        self.enabled = file is not None
         self.stop = threading.Event()
 
     def __enter__(self):
@@ -296,7 +297,7 @@ class Progress:
         total = math.ceil(count_records(self.job.input) / self.job.shard_rows)
         before = {r["chunk"] for r in read_commits(self.job.out) if r["cache_key"] == self.key}
         bar = tqdm(total=total, desc="label", unit="shard", dynamic_ncols=True,
-                   mininterval=self.every)
+                   mininterval=self.every, file=self.file)
         while not self.stop.wait(self.every):
             new = [r["shard"] for r in read_commits(self.job.out)
                    if r["cache_key"] == self.key and r["chunk"] not in before]
@@ -337,8 +338,9 @@ def label_config(job: LabelJob, mcfg: dict) -> LabelConfig:
                  if cfg.targets != "topk" else None))
 
 
-def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
-    """Run the job; return the summary (counts, shards, rejects by reason)."""
+def run(job: LabelJob, beam_args: list[str], progress=None) -> dict:
+    """Run the job; return the summary (counts, shards, rejects by reason). ``progress``: a
+    stream to draw the progress bar on (None: no bar)."""
     cfg = job.teacher
     mcfg = model_config(cfg.model_dir)
     if job.mode == "text" and job.simplified:
@@ -360,7 +362,7 @@ def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
         # before calling it), so the last chunk's overlapped write would go unlisted
         job = dataclasses.replace(job, read_splits=dask_partitions(beam_args),
                                   overlap_writes=False)
-    with Progress(job, key, enabled=progress):
+    with Progress(job, key, progress):
         with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
             build(p, job, config, header, metadata, existing)
     manifest = load_manifest(job.out)
@@ -399,15 +401,19 @@ def summarize(out: str, manifest: Manifest) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"rows in        {summary['rows_in']}",
-             f"rows labelled  {summary['rows_labelled']} ({summary.get('rows_reused', 0)} reused "
-             f"from {summary.get('shards_reused', 0)} unchanged shards)",
-             f"rows rejected  {summary['rows_rejected']}",
-             f"tokens         {summary['tokens_labelled']}",
-             f"shards         {summary['shards']}"]
-    for reason, n in summary["rejects_by_reason"].items():
-        lines.append(f"  rejected: {reason:<16} {n}")
-    return "\n".join(lines)
+    """The run in one line (two with rejects): counts, reuse, tokens and, when timed, speed."""
+    line = (f"labelled {summary['rows_labelled']} of {summary['rows_in']} rows "
+            f"({summary.get('rows_reused', 0)} reused from {summary.get('shards_reused', 0)} "
+            f"unchanged shards), {summary['tokens_labelled']} tokens, {summary['shards']} "
+            f"shards; rejected {summary['rows_rejected']}")
+    if summary.get("seconds"):
+        line += (f"; {summary['seconds']:.1f} s, "
+                 f"{summary['tokens_labelled'] / summary['seconds']:.0f} tokens/s")
+    if summary["rejects_by_reason"]:
+        line += ("\n  rejects by reason: "
+                 + ", ".join(f"{r} {n}" for r, n in summary["rejects_by_reason"].items())
+                 + f" (rows in {summary['rejects_path']})")
+    return line
 
 
 def dumps(summary: dict) -> str:

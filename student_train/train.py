@@ -159,7 +159,7 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, term=None) -> dict:
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed)
     if cfg.hidden_target not in ("mean", "tokens"):
@@ -187,7 +187,7 @@ def train(cfg: TrainConfig) -> dict:
             ls.adopt_order(state["shard_order"])
             if rank == 0:
                 print(f"resumed from step {step} (stream epoch {position[0]}, "
-                      f"batch {position[1]})")
+                      f"batch {position[1]})", file=term or sys.stdout)
     engine, shadow = model, None  # engine: what the forward runs through
     if world > 1:
         shard = cfg.shard_model
@@ -216,7 +216,8 @@ def train(cfg: TrainConfig) -> dict:
         stream = loader(ls, cfg.batch_size, cfg.seed, position, tok.pad_token_id or 0, rank,
                         world, cfg.workers, cfg.shuffle_buffer)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 15, disable=rank != 0)
+               mininterval=0.5 if (term or sys.stderr).isatty() else 15, disable=rank != 0,
+               file=term or sys.stderr)
     t0, last = time.time(), {}
     mf = open(metrics_path, "a", buffering=1) if rank == 0 else None  # line-buffered
     while step < cfg.steps:
