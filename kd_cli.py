@@ -92,6 +92,7 @@ def beam_parser() -> argparse.ArgumentParser:
     logging.disable(logging.WARNING)  # Beam's import-time notes (apitools, ...) are not for
     try:                              # the terminal; they happen before the log file is open
         from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+        import apache_beam.runners.dask.dask_runner  # noqa: F401  defines the --dask_* options
     finally:
         logging.disable(logging.NOTSET)
     parser = _BeamArgumentParser(allow_abbrev=False)
