@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def wide_model(path: str) -> str:
+def wide_model(path: str, dtype=torch.bfloat16) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
     import shutil
     cfg = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816,
@@ -39,7 +39,7 @@ def wide_model(path: str) -> str:
                       head_dim=64, max_position_embeddings=512, tie_word_embeddings=False,
                       bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
-    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(path)
+    LlamaForCausalLM(cfg).to(dtype).save_pretrained(path)
     for name in ("tokenizer.json", "tokenizer_config.json"):  # ids < 80 tokenise; fine for timing
         shutil.copy(os.path.join(ROOT, "demo", "teacher", name), path)
     return path
@@ -61,6 +61,9 @@ def main() -> None:
     ap.add_argument("--k", default="8,20,64,128")
     ap.add_argument("--seqs", type=int, default=64)
     ap.add_argument("--len", type=int, default=200)
+    ap.add_argument("--shard-rows", type=int, default=0,
+                    help="rows per chunk in (e) (default: --seqs, one shard); with several "
+                         "chunks (e) also runs with the writer stage off, to show the overlap")
     ap.add_argument("--samples", type=int, default=0, help="measure sampled targets at this N")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
@@ -141,20 +144,27 @@ def main() -> None:
             f.write(json.dumps({"id": f"b{i}", "text": "".join(
                 rng.choice(list("abcdefghij klmnop")) for _ in range(args.len - 2))}) + "\n")
     # summaries: final layer; none; embeddings + middle + final layers with 16-dim projections
-    for hidden, proj in (((n_layers,), 0), ((), 0), ((0, n_layers // 2, n_layers), 16)):
+    shard_rows = args.shard_rows or args.seqs
+    settings = [((n_layers,), 0, True), ((), 0, True), ((0, n_layers // 2, n_layers), 16, True)]
+    if shard_rows < args.seqs:  # the writer stage off, for comparison in the same run
+        settings.insert(1, ((n_layers,), 0, False))
+    for hidden, proj, overlap in settings:
         for k in ks:  # one engine serves every k and every summary setting
             cfg = TeacherConfig(model_dir=teacher_dir, top_k=k, hidden_layers=hidden,
                                 proj_dim=proj, enforce_eager=True, kv_cache_gb=1.0)
             t0 = time.perf_counter()
-            s = job.run(job.LabelJob(cfg, raw, os.path.join(tmp, f"labels-{k}-{hidden}-{proj}"),
-                                     mode="text", shard_rows=args.seqs), [])
+            s = job.run(job.LabelJob(cfg, raw, os.path.join(tmp, f"labels-{k}-{hidden}-{proj}-"
+                                                                 f"{overlap}"),
+                                     mode="text", shard_rows=shard_rows,
+                                     overlap_writes=overlap), [])
             e = time.perf_counter() - t0
             tokens = s["tokens_labelled"] + s["rows_labelled"]  # + each row's first position
             results.append({"bench": "e_kd_label_end_to_end", "k": k, "tok_s": tokens / e,
                             "tok_s_with_engine_start": tokens / (e + start_s),
                             "vs_ceiling": (tokens / e) / (n_tok / a),
                             "engine_start_s": start_s, "hidden_layers": list(hidden),
-                            "proj_dim": proj})
+                            "proj_dim": proj, "shard_rows": shard_rows,
+                            "overlap_writes": overlap})
     # the ceiling again at the end, best of both: a slow spell of a shared machine during the
     # first measurement must not flatter the other roads
     a = min(a, timed(ceiling))

@@ -190,6 +190,13 @@ def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Bat
             for layer, h in arr.hidden.items():
                 hid[layer].append(h[arr.tok_off[r]:arr.tok_off[r + 1]] if arr.hidden_per_token
                                   else h[r][None])
+    return pad_rows(seqs, starts, tk, tl, hid, pad_id)
+
+
+def pad_rows(seqs: list, starts: list[int], tk: list, tl: list, hid: dict,
+             pad_id: int = 0) -> Batch:
+    """Per-row arrays (input ids, first labelled position, (n, k) top-k ids and log-probs, hidden
+    targets per layer) -> one right-padded batch."""
     lengths = np.array([len(s) for s in seqs])
     ids = np.full((len(seqs), lengths.max()), pad_id, dtype=np.int64)
     mask = np.zeros_like(ids)
