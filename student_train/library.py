@@ -46,6 +46,9 @@ class LabelSetDataset(torch.utils.data.IterableDataset):
                  batch_size: int = 1):
         super().__init__()
         self.labels = LabelSet(path, views=tuple(views), verify=verify, follow=follow)
+        if self.labels.targets != "topk":
+            raise ValueError(f"{path} holds {self.labels.targets!r} targets (schema v2): this "
+                             "dataset yields top-k rows only; train on it with `kd train`")
         if rank is None:
             dist = torch.distributed.is_available() and torch.distributed.is_initialized()
             rank, world = ((torch.distributed.get_rank(), torch.distributed.get_world_size())
