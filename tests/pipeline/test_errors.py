@@ -34,3 +34,32 @@ def test_yaml_key_that_does_not_exist(tmp_path, capfd):
     code = kd_cli.main(["train", "--config", str(cfg)])
     err = capfd.readouterr().err
     assert code == 1 and "unknown keys ['learning_rate']" in err and "'lr'" in err
+
+
+def test_input_columns_missing(tmp_path, capfd):
+    import os
+    teacher = os.path.join(os.path.dirname(__file__), "..", "..", "demo", "teacher")
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"uid": str(i), "question": "q", "answer": "a"}) + "\n"
+                for i in range(5)))
+    code, err = label(tmp_path, teacher, capfd)
+    assert code == 1
+    assert "no record has the column(s) id, prompt, response (found: answer, question, uid)" in err
+    assert "--columns id=<your column>,prompt=<your column>,response=<your column>" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_check_columns_with_a_mapping_and_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+    from pipeline.records import check_columns
+    path = tmp_path / "in.jsonl"
+    path.write_text('oops\n{"uid": "1", "question": "q", "answer": "a"}\n')
+    check_columns(str(path), "raw", {"id": "uid", "prompt": "question", "response": "answer"})
+    with pytest.raises(ValueError, match="column\\(s\\) response \\(found"):
+        check_columns(str(path), "raw", {"id": "uid", "prompt": "question"})
+    pq.write_table(pa.table({"id": ["1"], "text": ["t"]}), tmp_path / "in.parquet")
+    check_columns(str(tmp_path / "in.parquet"), "text")
+    with pytest.raises(ValueError, match="found: id, text"):
+        check_columns(str(tmp_path / "in.parquet"), "raw")
