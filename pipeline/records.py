@@ -109,6 +109,32 @@ def check_columns(path: str, kind: str, columns: dict | None = None, sample: int
             + ",".join(f"{k}=<your column>" for k in missing))
 
 
+def check_pairing(raw: str, simplified: str, columns: dict | None = None,
+                  sample: int = 20) -> None:
+    """Stop before any work when none of the first ``sample`` simplified ids is the id of any raw
+    record (the simplified file belongs to other data, or its ids are in another column)."""
+    import itertools
+
+    def ids(path, kind, limit=None):
+        for _, _, _, data in itertools.islice(read_records(path, kind, columns), limit):
+            rec = parse_record(kind, path, 0, data, columns)
+            if isinstance(rec, Record):
+                yield rec.id
+    wanted = set(ids(simplified, "simplified", sample))
+    if not wanted:
+        return
+    raw_seen = []
+    for rid in ids(raw, "raw"):
+        if rid in wanted:
+            return
+        if len(raw_seen) < 3:
+            raw_seen.append(rid)
+    raise ValueError(f"{simplified}: none of its first {len(wanted)} ids matches a record of "
+                     f"{raw} (e.g. {sorted(wanted)[:3]} vs raw {raw_seen}); simplified records "
+                     "pair with raw ones by id: check both files use the same ids (--columns "
+                     "id=<column>)")
+
+
 def parse_record(kind: str, source: str, line_no: int, data, columns: dict | None = None
                  ) -> Record | dict:
     """Decode and check one record; return a Record or a reject."""

@@ -63,3 +63,22 @@ def test_check_columns_with_a_mapping_and_parquet(tmp_path):
     check_columns(str(tmp_path / "in.parquet"), "text")
     with pytest.raises(ValueError, match="found: id, text"):
         check_columns(str(tmp_path / "in.parquet"), "raw")
+
+
+def test_simplified_ids_match_nothing(tmp_path, capfd):
+    import os
+    teacher = os.path.join(os.path.dirname(__file__), "..", "..", "demo", "teacher")
+    (tmp_path / "in.jsonl").write_text("".join(
+        json.dumps({"id": f"r{i}", "prompt": "p", "response": "a"}) + "\n" for i in range(5)))
+    (tmp_path / "simp.jsonl").write_text("".join(
+        json.dumps({"id": f"s{i}", "prompt": "p"}) + "\n" for i in range(5)))
+    code = kd_cli.main(["label", "--teacher", teacher, "--input", str(tmp_path / "in.jsonl"),
+                        "--simplified", str(tmp_path / "simp.jsonl"),
+                        "--out", str(tmp_path / "out")])
+    err = capfd.readouterr().err
+    assert code == 1
+    assert "none of its first 5 ids matches a record of" in err and "'s0'" in err
+    assert "raw ['r0', 'r1', 'r2']" in err
+    from pipeline.records import check_pairing
+    (tmp_path / "simp.jsonl").write_text('{"id": "s0", "prompt": "p"}\n{"id": "r4", "prompt": "p"}\n')
+    check_pairing(str(tmp_path / "in.jsonl"), str(tmp_path / "simp.jsonl"))  # one match is enough
