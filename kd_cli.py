@@ -1,4 +1,4 @@
-"""The ``kd`` command: ``kd label``, ``kd train``, ``kd eval``, ``kd cache``."""
+"""The ``kd`` command: ``kd label``, ``kd plan``, ``kd train``, ``kd eval``, ``kd cache``."""
 import argparse
 import contextlib
 import difflib
@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kd", description="offline knowledge distillation")
     sub = ap.add_subparsers(dest="command", required=True)
     label_cli.add_parser(sub)
+    label_cli.add_plan_parser(sub)
     train_cli.add_parsers(sub)
     add_cache_parser(sub)
     for name in ("label", "train", "eval"):

@@ -49,6 +49,9 @@ def add_parsers(sub) -> None:
     tr.add_argument("--shuffle-buffer", type=int, help="rows in the shuffle buffer (2048)")
     tr.add_argument("--workers", type=int, help="DataLoader worker processes (0 = inline)")
     tr.add_argument("--bf16", action="store_const", const=True, help="bfloat16 autocast")
+    tr.add_argument("--shard-model", action="store_const", const=True,
+                    help="under torchrun: shard parameters, gradients and optimiser state "
+                         "over the ranks (FSDP2) instead of replicating them (DDP)")
     tr.add_argument("--follow", action="store_const", const=True,
                     help="train while the label set is still being written: use shards as they "
                          "are committed, finish the first epoch when the manifest is final")
