@@ -346,6 +346,11 @@ def run(job: LabelJob, beam_args: list[str], progress=None) -> dict:
     if job.mode == "text" and job.simplified:
         raise ValueError("plain text mode labels single texts: no simplified input")
     config = label_config(job, mcfg)
+    records.check_columns(job.input, {"text": "text", "generate": "prompt"}.get(job.mode, "raw"),
+                          dict(job.columns))
+    if job.simplified:
+        records.check_columns(job.simplified, "simplified", dict(job.columns))
+        records.check_pairing(job.input, job.simplified, dict(job.columns))
     t_fp, tok_fp = teacher_fingerprint(cfg.model_dir), tokenizer_fingerprint(cfg.model_dir)
     key = config.cache_key(t_fp, tok_fp)
     header = {"schema_version": config.schema_version, "cache_key": key,

@@ -84,6 +84,64 @@ def read_records(path: str, kind: str, columns: dict | None = None, split: int =
                 yield kind, path, n, line
 
 
+def check_columns(path: str, kind: str, columns: dict | None = None, sample: int = 20) -> None:
+    """Stop before any work when the input's records lack a column the mode needs in every one of
+    the first ``sample`` records (a wrong file or a missing --columns mapping, not a bad record):
+    a ValueError naming the columns missing and the ones found."""
+    import itertools
+    ours = {v: k for k, v in (columns or {}).items()}  # input column -> our field
+    seen = []
+    for _, _, _, data in itertools.islice(read_records(path, kind, columns), sample):
+        if not isinstance(data, dict):
+            try:
+                data = json.loads(data)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+        if isinstance(data, dict):
+            seen.append(data)
+    if input_format(path) == "parquet":
+        import pyarrow.parquet as pq
+        with fsspec.open(path, "rb") as f:
+            seen = [dict.fromkeys(pq.ParquetFile(f).schema_arrow.names)]
+    if not seen:
+        return
+    fields = [{ours.get(k, k) for k in rec} for rec in seen]
+    missing = [k for k in FIELDS[kind] if not any(k in f for f in fields)]
+    if missing:
+        found = sorted(set().union(*(set(rec) for rec in seen)))
+        mapped = [(columns or {}).get(k, k) for k in missing]
+        raise ValueError(
+            f"{path}: no record has the column(s) {', '.join(mapped)} (found: "
+            f"{', '.join(found)}); map yours with --columns "
+            + ",".join(f"{k}=<your column>" for k in missing))
+
+
+def check_pairing(raw: str, simplified: str, columns: dict | None = None,
+                  sample: int = 20) -> None:
+    """Stop before any work when none of the first ``sample`` simplified ids is the id of any raw
+    record (the simplified file belongs to other data, or its ids are in another column)."""
+    import itertools
+
+    def ids(path, kind, limit=None):
+        for _, _, _, data in itertools.islice(read_records(path, kind, columns), limit):
+            rec = parse_record(kind, path, 0, data, columns)
+            if isinstance(rec, Record):
+                yield rec.id
+    wanted = set(ids(simplified, "simplified", sample))
+    if not wanted:
+        return
+    raw_seen = []
+    for rid in ids(raw, "raw"):
+        if rid in wanted:
+            return
+        if len(raw_seen) < 3:
+            raw_seen.append(rid)
+    raise ValueError(f"{simplified}: none of its first {len(wanted)} ids matches a record of "
+                     f"{raw} (e.g. {sorted(wanted)[:3]} vs raw {raw_seen}); simplified records "
+                     "pair with raw ones by id: check both files use the same ids (--columns "
+                     "id=<column>)")
+
+
 def parse_record(kind: str, source: str, line_no: int, data, columns: dict | None = None
                  ) -> Record | dict:
     """Decode and check one record; return a Record or a reject."""

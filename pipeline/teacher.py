@@ -60,9 +60,26 @@ class TeacherConfig:
 
 
 def model_config(model_dir: str) -> dict:
+    """The teacher's config.json; a ValueError that says what is wrong when the directory is
+    missing or is not a transformers model directory."""
     import fsspec
-    with fsspec.open(f"{model_dir}/config.json", "r") as f:
-        return json.load(f)
+    fs, root = fsspec.core.url_to_fs(model_dir)
+    if not fs.isdir(root):
+        raise ValueError(f"teacher {model_dir}: no such directory (give a transformers model "
+                         "directory: config.json, tokenizer files, *.safetensors)")
+    try:
+        with fs.open(f"{root}/config.json", "r") as f:
+            cfg = json.load(f)
+    except FileNotFoundError:
+        found = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))[:8]
+        raise ValueError(f"teacher {model_dir} is not a transformers model directory: no "
+                         f"config.json (found: {', '.join(found) or 'nothing'})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"teacher {model_dir}/config.json is not valid JSON: {e}") from None
+    if "num_hidden_layers" not in cfg and "model_type" not in cfg:
+        raise ValueError(f"teacher {model_dir}/config.json is not a model config (no model_type "
+                         "or num_hidden_layers)")
+    return cfg
 
 
 def checkpoint_dtype(cfg: dict) -> str:

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from schemas.files import copy_tokenizer
-from student_train import checkpoint, losses, parallel
+from student_train import checkpoint, losses, parallel, plots
 from student_train.model import Distiller, load_student
 from student_train.stream import LabelSet, batches, loader
 
@@ -220,6 +220,7 @@ def train(cfg: TrainConfig, term=None) -> dict:
                file=term or sys.stderr)
     t0, last = time.time(), {}
     mf = open(metrics_path, "a", buffering=1) if rank == 0 else None  # line-buffered
+    tb = plots.tensorboard_writer(cfg.out, step) if rank == 0 else None
     while step < cfg.steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
@@ -248,6 +249,8 @@ def train(cfg: TrainConfig, term=None) -> dict:
         bar.set_postfix(loss=f"{last['loss']:.3f}", ce=f"{last['ce']:.3f}", refresh=False)
         if mf:
             mf.write(json.dumps({"step": step, "lr": lr_at(cfg, step - 1), **last}) + "\n")
+        if tb:
+            plots.log_scalars(tb, step, {"lr": lr_at(cfg, step - 1), **last})
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
             if world > 1 and cfg.shard_model:
                 parallel.gather(model, opt, shadow, shadow_opt if shadow is not None else None)
@@ -264,13 +267,14 @@ def train(cfg: TrainConfig, term=None) -> dict:
         parallel.gather(model, opt, shadow, shadow_opt if shadow is not None else None)
     if rank == 0:
         mf.close()
+        if tb:
+            tb.close()
         (student if shadow is None else shadow.student).save_pretrained(
             cfg.out, safe_serialization=True)
         copy_tokenizer(ls.tokenizer_dir(), cfg.out)
         with open(os.path.join(cfg.out, "train_config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
-        from student_train.plots import plot_metrics
-        plot_metrics(metrics_path, os.path.join(cfg.out, "loss.png"))
+        plots.plot_metrics(metrics_path, os.path.join(cfg.out, "loss.png"))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
