@@ -12,6 +12,7 @@ Arms (labels x initialisation), each at several training-set sizes N:
 Full mode writes docs/study/context.md and docs/study/context.png; --quick writes to --out only.
 """
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,9 +24,9 @@ import tasks_common as tc  # noqa: E402
 
 LABELS = ("score", "generate", "ce")
 INITS = ("teacher", "scratch")
-FULL = dict(sizes=(100, 400, 1600), n_val=200, n_test=600, steps=300, seeds=tc.SEEDS,
-            lrs=(3e-4, 1e-3, 3e-3), lr_size=400, parallel=2)
-QUICK = dict(sizes=(16,), n_val=16, n_test=32, steps=3, seeds=(0,), lrs=(1e-3,), lr_size=16,
+FULL = dict(sizes=(50, 200, 800, 3200), n_val=200, n_test=600, steps=400, seeds=tc.SEEDS,
+            lrs=(3e-4, 1e-3, 3e-3, 1e-2), lr_size=200, parallel=2)
+QUICK = dict(sizes=(16,), n_val=16, n_test=32, steps=2, seeds=(0,), lrs=(1e-3,), lr_size=16,
              parallel=1)
 BATCH = 16
 
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     head = (f"# Experiment 4: context distillation\n\nCommand: `{command}` (part of `make study`)"
             f"\n\nMachine: {tc.machine()}\n\n{PROTOCOL.format(**p, batch=BATCH)}\n")
     tc.write_results(out, "context.md", head + "\n_Results pending._\n", args.quick)
-    t0 = time.time()
+    t0, load0 = time.time(), os.getloadavg()
 
     teacher = str(tc.TEACHERS / "tasks")
     data, lab = out / "data", out / "labels"
@@ -88,7 +89,6 @@ def main(argv=None) -> int:
         sets[("generate", n)] = tc.label(teacher, tc.prompts_only(files, data, f"train{n}"),
                                          str(lab / f"generate{n}"), mode="generate",
                                          temperature=0.0, max_new_tokens=20)
-    tc.shutdown()
     t_label = time.time() - t0
     scratch = tc.student_config_from(teacher, out / "scratch_student.json")
 
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
               f"greedy, simplified prompts, in % (mean ± std over {len(p['seeds'])} seeds), by the "
               f"number N of training examples:\n\n" + tc.md_table(header, rows)
               + f"\n\nWall time: labelling {t_label:.0f} s, all ({len(sweep) + len(jobs)} training "
-              f"runs and their evaluations) {time.time() - t0:.0f} s.\n")
+              f"runs and their evaluations) {time.time() - t0:.0f} s; " + tc.load_note(load0) + "\n")
     plot(metrics, p["sizes"], t_with, t_without, out / "context.png")
     tc.copy_plot(out, "context.png", args.quick)
     verdict = "" if args.quick else "\n" + verdict_text(metrics, p, t_with, t_without) + "\n"

@@ -11,6 +11,7 @@
 Full mode writes docs/study/lambda.md and docs/study/lambda.png; --quick writes to --out only.
 """
 import argparse
+import os
 import random
 import string
 import sys
@@ -25,9 +26,9 @@ from train_tasks import PLANTED_TASK, planted_shift  # noqa: E402
 
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 NOISE = 0.30
-FULL = dict(n_train=2000, n_val=300, n_test=600, steps=400, seeds=tc.SEEDS,
+FULL = dict(n_train=2000, n_val=300, n_test=600, steps=600, seeds=tc.SEEDS,
             lrs=(1e-3, 3e-3, 1e-2), lambdas=LAMBDAS, parallel=2)
-QUICK = dict(n_train=48, n_val=24, n_test=48, steps=4, seeds=(0,), lrs=(3e-3,),
+QUICK = dict(n_train=48, n_val=24, n_test=48, steps=2, seeds=(0,), lrs=(3e-3,),
              lambdas=(0.0, 0.5, 1.0), parallel=1)
 BATCH = 16
 
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     head = (f"# Experiment 2: the CE / KD weight lambda\n\nCommand: `{command}` "
             f"(part of `make study`)\n\nMachine: {tc.machine()}\n\n{protocol}\n")
     tc.write_results(out, "lambda.md", head + "\n_Results pending._\n", args.quick)
-    t0 = time.time()
+    t0, load0 = time.time(), os.getloadavg()
 
     data = out / "data"
     train_raw, _ = tc.split(201, p["n_train"], "train")
@@ -120,7 +121,6 @@ def main(argv=None) -> int:
     # validation / test rows: only their (correct) responses are used
     val = tc.label(reliable, files["val"], str(lab / "val"))
     test = tc.label(reliable, files["test"], str(lab / "test"))
-    tc.shutdown()
     t_label = time.time() - t0
 
     def job(setting, lam, seed, lr, evals):
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
         f"Test exact match in % (mean ± std over {len(p['seeds'])} seeds).\n\n"
         + tc.md_table(["lambda", "overall", f"{PLANTED_TASK} prompts", "other tasks"], rows_b)
         + f"\n\nWall time: labelling {t_label:.0f} s, all ({len(sweep) + len(jobs)} training runs "
-        f"and their evaluations) {time.time() - t0:.0f} s.\n")
+        f"and their evaluations) {time.time() - t0:.0f} s; " + tc.load_note(load0) + "\n")
     plot(metrics, p["lambdas"], out / "lambda.png")
     tc.copy_plot(out, "lambda.png", args.quick)
     verdict = "" if args.quick else "\n" + VERDICT.format(**verdict_numbers(metrics, p)) + "\n"

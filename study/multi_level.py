@@ -11,6 +11,7 @@ Full mode writes docs/study/multi_level.md and docs/study/multi_level.png; --qui
 --out only.
 """
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,14 +23,16 @@ import tasks_common as tc  # noqa: E402
 
 TRAIN_TASKS = ("copy", "reverse", "upper", "double")
 HELDOUT_TASKS = ("shift", "sort")
-ARMS = (("off", None, None), ("mean-mse", "mean", "mse"), ("mean-cosine", "mean", "cosine"),
-        ("tokens-mse", "tokens", "mse"), ("tokens-cosine", "tokens", "cosine"))
-HIDDEN_WEIGHT = 1.0
+WEIGHTS = (0.1, 1.0)
+# (name, hidden target, hidden loss, hidden weight)
+ARMS = (("off", None, None, 0.0),) + tuple(
+    (f"{target}-{loss}-w{w:g}", target, loss, w) for w in WEIGHTS
+    for target in ("mean", "tokens") for loss in ("mse", "cosine"))
 LAMBDA = 0.2
 PROJ_DIM = 32
-FULL = dict(n_train=200, n_val=200, n_test=400, steps=300, seeds=tc.SEEDS,
+FULL = dict(n_train=200, n_val=200, n_test=400, steps=400, seeds=(0, 1, 2, 3, 4),
             lrs=(1e-3, 3e-3, 1e-2), parallel=2)
-QUICK = dict(n_train=24, n_val=16, n_test=24, steps=3, seeds=(0,), lrs=(3e-3,), parallel=1)
+QUICK = dict(n_train=24, n_val=16, n_test=24, steps=2, seeds=(0,), lrs=(3e-3,), parallel=1)
 BATCH = 16
 
 PROTOCOL = """\
@@ -47,10 +50,11 @@ PROTOCOL = """\
 - Student: demo/student.json (2 layers, hidden 96), fresh weights, view raw. Every arm:
   {lam_ce}*CE + {lam_kd}*forward KL (tail bucket, T = 1), {steps} steps of batch {batch} rows
   (the same token budget; many epochs over the small set), AdamW, 20 warm-up steps, cosine decay.
-- Arms: hidden-state loss off; on with weight {weight} (fixed in advance, not tuned), target
-  `mean` (response-span mean summaries) or `tokens` (per-token projections), loss `mse` or
-  `cosine`; the uniform layer map (student layer i -> teacher layer round(i * 4 / 2)) with a
-  learned linear projection per mapped layer.
+- Arms: hidden-state loss off; on with target `mean` (response-span mean summaries) or `tokens`
+  (per-token projections), loss `mse` or `cosine`, weight {weights} (fixed in advance, not tuned:
+  configs/multi_level.yaml's 0.1 and TinyBERT's equal weighting 1.0); the uniform layer map
+  (student layer i -> teacher layer round(i * 4 / 2)) with a learned linear projection per mapped
+  layer.
 - Learning rate: chosen from {lrs} by validation exact match of the `off` arm, seed 0; then fixed
   for every arm and seed.
 - Seeds {seeds}; every figure is mean ± sample std over seeds.
@@ -77,11 +81,12 @@ def main(argv=None) -> int:
     command = "python study/multi_level.py" + (" --quick" if args.quick else "")
     protocol = PROTOCOL.format(**p, batch=BATCH, train_tasks=", ".join(TRAIN_TASKS),
                                heldout_tasks=", ".join(HELDOUT_TASKS), proj_dim=PROJ_DIM,
-                               lam_ce=LAMBDA, lam_kd=round(1 - LAMBDA, 2), weight=HIDDEN_WEIGHT)
+                               lam_ce=LAMBDA, lam_kd=round(1 - LAMBDA, 2),
+                               weights=" or ".join(f"{w:g}" for w in WEIGHTS))
     head = (f"# Experiment 5: multi-level (hidden-state) distillation\n\nCommand: `{command}` "
             f"(part of `make study`)\n\nMachine: {tc.machine()}\n\n{protocol}\n")
     tc.write_results(out, "multi_level.md", head + "\n_Results pending._\n", args.quick)
-    t0 = time.time()
+    t0, load0 = time.time(), os.getloadavg()
 
     teacher = str(tc.TEACHERS / "tasks")
     family = tc.make_data.TASKS
@@ -97,12 +102,11 @@ def main(argv=None) -> int:
                                  ("test_heldout", 504, p["n_test"], unseen)):
         raw, _ = tc.split(seed, n, name, tasks=tasks)
         sets[name] = tc.label(teacher, tc.write_split(data, name, raw, None), str(lab / name))
-    tc.shutdown()
     t_label = time.time() - t0
 
     def job(arm, seed, lr, evals):
-        _, target, loss = next(a for a in ARMS if a[0] == arm)
-        hidden = dict(hidden_weight=HIDDEN_WEIGHT, hidden_target=target, hidden_loss=loss) \
+        _, target, loss, weight = next(a for a in ARMS if a[0] == arm)
+        hidden = dict(hidden_weight=weight, hidden_target=target, hidden_loss=loss) \
             if target else {}
         return dict(labels=train, student=str(tc.DEMO_STUDENT),
                     out=str(out / "runs" / f"{arm}_lr{lr:g}_s{seed}"), steps=p["steps"],
@@ -115,7 +119,7 @@ def main(argv=None) -> int:
     lr = tc.choose_lr(lr_scores) if lr_scores else p["lrs"][0]
 
     evals = {"in": (sets["test_in"], "raw", True), "heldout": (sets["test_heldout"], "raw", True)}
-    jobs = [job(arm, seed, lr, evals) for arm, _, _ in ARMS for seed in p["seeds"]]
+    jobs = [job(arm, seed, lr, evals) for arm, *_ in ARMS for seed in p["seeds"]]
     res = tc.run_all(jobs, p["parallel"])
     metrics = {}
     for j, r in zip(jobs, res):
@@ -127,7 +131,7 @@ def main(argv=None) -> int:
     header = ["arm"] + [f"{split} {title}" for split in ("in-dist", "held-out")
                         for _, title, _ in METRICS]
     rows = []
-    for arm, _, _ in ARMS:
+    for arm, *_ in ARMS:
         row = [arm]
         for split in ("in", "heldout"):
             for m, _, pct in METRICS:
@@ -144,7 +148,7 @@ def main(argv=None) -> int:
               f"tasks, held-out = {', '.join(HELDOUT_TASKS)} (never trained on). The teacher's own "
               "KL / agreement are against itself.\n\n" + tc.md_table(header, rows)
               + f"\n\nWall time: labelling {t_label:.0f} s, all ({len(sweep) + len(jobs)} training "
-              f"runs and their evaluations) {time.time() - t0:.0f} s.\n")
+              f"runs and their evaluations) {time.time() - t0:.0f} s; " + tc.load_note(load0) + "\n")
     plot(metrics, out / "multi_level.png")
     tc.copy_plot(out, "multi_level.png", args.quick)
     verdict = "" if args.quick else "\n" + verdict_text(metrics) + "\n"
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
 def verdict_text(metrics) -> str:
     """Per arm and metric: helps / hurts / nothing, by the criterion fixed in advance."""
     calls = {}
-    for arm, _, _ in ARMS[1:]:
+    for arm, *_ in ARMS[1:]:
         for split in ("in", "heldout"):
             for m, title, higher in METRICS:
                 a = tc.mean_std([x[f"{split}_{m}"] for x in metrics[arm]])
@@ -178,13 +182,13 @@ def verdict_text(metrics) -> str:
     word = ("Not reproduced (no measurable effect)" if not helps and not hurts else
             "Reproduced" if helps and not hurts else "Not reproduced (it hurts)"
             if hurts and not helps else "Mixed")
-    best = max((a for a, _, _ in ARMS), key=lambda a: tc.mean_std([x["in_exact"]
+    best = max((a for a, *_ in ARMS), key=lambda a: tc.mean_std([x["in_exact"]
                                                                    for x in metrics[a]])[0])
     return (f"## Verdict\n\n**{word}.** In-distribution exact match: off {ms('off', 'in_exact')}; "
-            + "; ".join(f"{a} {ms(a, 'in_exact')}" for a, _, _ in ARMS[1:])
+            + "; ".join(f"{a} {ms(a, 'in_exact')}" for a, *_ in ARMS[1:])
             + f" (best mean: {best}). Held-out tasks, top-1 agreement with the teacher: off "
             f"{ms('off', 'heldout_top1_agree')}; "
-            + "; ".join(f"{a} {ms(a, 'heldout_top1_agree')}" for a, _, _ in ARMS[1:])
+            + "; ".join(f"{a} {ms(a, 'heldout_top1_agree')}" for a, *_ in ARMS[1:])
             + ". Against the `off` arm, beyond the sum of the stds: helps in "
             + (", ".join(name(k) for k in helps) or "no cell")
             + "; hurts in " + (", ".join(name(k) for k in hurts) or "no cell")
@@ -196,7 +200,7 @@ def plot(metrics, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    arms = [a for a, _, _ in ARMS]
+    arms = [a for a, *_ in ARMS]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, key, title in ((axes[0], "in_exact", "in-distribution exact match (%)"),
                            (axes[1], "in_top1_agree", "in-distribution top-1 agreement (%)"),

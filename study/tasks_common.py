@@ -8,7 +8,6 @@ import json
 import multiprocessing
 import os
 import platform
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +60,8 @@ def label(teacher: str, files: dict, out: str, mode: str = "score", top_k: int =
           hidden_layers: tuple = (), proj_dim: int = 0, temperature: float = 1.0,
           max_new_tokens: int = 20) -> str:
     """The library call ``kd label`` makes (Beam FnApiRunner, vLLM in this process, fp32).
-    Engines are started eager and shared by every call of this process."""
+    Engines are started eager and shared by every call of this process; ``shutdown`` stops them
+    at its end (an engine cannot be restarted beside one that was shut down)."""
     from pipeline import job
     from pipeline.teacher import SamplingConfig, TeacherConfig
     cfg = TeacherConfig(model_dir=teacher, top_k=top_k, hidden_layers=tuple(hidden_layers),
@@ -190,9 +190,12 @@ def machine() -> str:
             f"torch {torch.__version__}\n\nlscpu flags: `{flags}`")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
+def load_note(start: tuple) -> str:
+    """The 1-minute load average at the start and the end of a run (other work on the machine)."""
+    end = os.getloadavg()[0]
+    return (f"1-minute load average {start[0]:.1f} at the start, {end:.1f} at the end (this "
+            "run keeps about 2 busy; more means other work shared the machine, which stretches "
+            "the wall times but not the figures).")
 
 
 def write_results(out: Path, name: str, text: str, quick: bool) -> Path:
