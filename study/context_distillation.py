@@ -24,8 +24,8 @@ import tasks_common as tc  # noqa: E402
 
 LABELS = ("score", "generate", "ce")
 INITS = ("teacher", "scratch")
-FULL = dict(sizes=(50, 200, 800, 3200), n_val=200, n_test=600, steps=400, seeds=tc.SEEDS,
-            lrs=(3e-4, 1e-3, 3e-3, 1e-2), lr_size=200, parallel=2)
+FULL = dict(sizes=(50, 200, 1600), n_val=200, n_test=600, steps=400, seeds=tc.SEEDS,
+            lrs=(3e-4, 1e-3, 3e-3), lr_size=200, parallel=2)
 QUICK = dict(sizes=(16,), n_val=16, n_test=32, steps=2, seeds=(0,), lrs=(1e-3,), lr_size=16,
              parallel=1)
 BATCH = 16

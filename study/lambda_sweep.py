@@ -26,8 +26,8 @@ from train_tasks import PLANTED_TASK, planted_shift  # noqa: E402
 
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 NOISE = 0.30
-FULL = dict(n_train=2000, n_val=300, n_test=600, steps=600, seeds=tc.SEEDS,
-            lrs=(1e-3, 3e-3, 1e-2), lambdas=LAMBDAS, parallel=2)
+FULL = dict(n_train=2000, n_val=300, n_test=600, steps=1200, seeds=tc.SEEDS,
+            lrs=(1e-3, 3e-3), lambdas=LAMBDAS, parallel=2)
 QUICK = dict(n_train=48, n_val=24, n_test=48, steps=2, seeds=(0,), lrs=(3e-3,),
              lambdas=(0.0, 0.5, 1.0), parallel=1)
 BATCH = 16
@@ -53,6 +53,10 @@ PROTOCOL = """\
 - Learning rate: one per setting, chosen from {lrs} by greedy exact match on the validation split
   with lambda = 0.5 and seed 0 (the midpoint of the sweep), then fixed for every lambda and seed.
 - Seeds {seeds} (student init and batch order); every figure is mean ± sample std over seeds.
+- Budget note: a first run at 600 steps with the grid {{1e-3, 3e-3, 1e-2}} was stopped after its
+  learning-rate sweep, before any validation or test figure was read: the students' training CE
+  was still 1.1-1.5 nats per token at the end (they had not learned the tasks; 1e-2 stayed at
+  2.5). The budget was doubled and 1e-2 dropped from the grid; nothing else changed.
 - Metrics on the test split (no arm trained on it), greedy decoding (`kd eval --exact-match`):
   exact match vs the correct answer overall, on the planted slice ("shift" prompts) and on the
   other five tasks; on the slice, the share of answers that equal the teacher's planted error

@@ -30,7 +30,7 @@ ARMS = (("off", None, None, 0.0),) + tuple(
     for target in ("mean", "tokens") for loss in ("mse", "cosine"))
 LAMBDA = 0.2
 PROJ_DIM = 32
-FULL = dict(n_train=200, n_val=200, n_test=400, steps=400, seeds=(0, 1, 2, 3, 4),
+FULL = dict(n_train=200, n_val=200, n_test=400, steps=800, seeds=tc.SEEDS,
             lrs=(1e-3, 3e-3, 1e-2), parallel=2)
 QUICK = dict(n_train=24, n_val=16, n_test=24, steps=2, seeds=(0,), lrs=(3e-3,), parallel=1)
 BATCH = 16
