@@ -151,6 +151,11 @@ def main(argv=None) -> int:
     plot(metrics, p["sizes"], t_with, t_without, out / "context.png")
     tc.copy_plot(out, "context.png", args.quick)
     verdict = "" if args.quick else "\n" + verdict_text(metrics, p, t_with, t_without) + "\n"
+    tc.write_json(out, "context.json", {
+        **{f"{arm} init={init} N={n}": v for (arm, init, n), v in metrics.items()},
+        "teacher with context": t_with, "teacher without context": t_without,
+        "lr_sweep": {i: {f"{k:g}": v for k, v in d.items()} for i, d in lr_scores.items()}},
+        args.quick)
     tc.write_results(out, "context.md",
                      head + tables + "\n![context distillation](context.png)\n" + verdict,
                      args.quick)

@@ -178,11 +178,19 @@ def main(argv=None) -> int:
         + "\n\n### (b) reliable teacher, 30% corrupted gold responses\n\n"
         f"Test exact match in % (mean ± std over {len(p['seeds'])} seeds).\n\n"
         + tc.md_table(["lambda", "overall", f"{PLANTED_TASK} prompts", "other tasks"], rows_b)
+        + "\n\nPer seed, overall test exact match in % (seeds "
+        + ", ".join(str(s) for s in p["seeds"]) + "):\n\n"
+        + tc.md_table(["lambda", "(a) per seed", "(b) per seed"],
+                      [[f"{lam:g}"] + [" / ".join(f"{100 * x['overall']:.1f}"
+                                                  for x in metrics[(s, lam)])
+                                       for s in ("a", "b")] for lam in p["lambdas"]])
         + f"\n\nWall time: labelling {t_label:.0f} s, all ({len(sweep) + len(jobs)} training runs "
         f"and their evaluations) {time.time() - t0:.0f} s; " + tc.load_note(load0) + "\n")
     plot(metrics, p["lambdas"], out / "lambda.png")
     tc.copy_plot(out, "lambda.png", args.quick)
     verdict = "" if args.quick else "\n" + VERDICT.format(**verdict_numbers(metrics, p)) + "\n"
+    tc.write_json(out, "lambda.json", {f"{k[0]} lambda={k[1]:g}": v for k, v in metrics.items()},
+                  args.quick)
     tc.write_results(out, "lambda.md",
                      head + tables + "\n![lambda sweep](lambda.png)\n" + verdict, args.quick)
     print(tables)
@@ -219,7 +227,11 @@ def verdict_numbers(metrics: dict, p: dict) -> dict:
             + ("the teacher-matching term wins, as expected" if b_ok else
                "the teacher-matching term does not win beyond one std")
             + ". Criterion fixed in advance: the means at the two ends of the sweep differ by "
-            "more than the sum of their stds, in the expected direction.")
+            "more than the sum of their stds, in the expected direction."
+            + (" The seed spread is large (per-seed values above): within the budget some "
+               "students learn the tasks abruptly and late, some not at all, so the means carry "
+               "less than their size suggests." if max(a_lo[1], a_hi[1], b_lo[1], b_hi[1]) > 0.1
+               else ""))
     return {"text": text}
 
 

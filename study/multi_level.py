@@ -152,6 +152,10 @@ def main(argv=None) -> int:
     plot(metrics, out / "multi_level.png")
     tc.copy_plot(out, "multi_level.png", args.quick)
     verdict = "" if args.quick else "\n" + verdict_text(metrics) + "\n"
+    tc.write_json(out, "multi_level.json", {
+        **metrics, "teacher": {f"{s}_{m}": ref[s][m] for s in ("in", "heldout")
+                               for m, _, _ in METRICS},
+        "lr_sweep": {f"{k:g}": v for k, v in lr_scores.items()}}, args.quick)
     tc.write_results(out, "multi_level.md",
                      head + tables + "\n![multi-level](multi_level.png)\n" + verdict, args.quick)
     print(tables)

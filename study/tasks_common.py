@@ -208,6 +208,14 @@ def write_results(out: Path, name: str, text: str, quick: bool) -> Path:
     return out / name
 
 
+def write_json(out: Path, name: str, obj, quick: bool) -> None:
+    """Per-seed figures beside the table: --out always; docs/study/ too in full mode."""
+    text = json.dumps(obj, indent=1, sort_keys=True)
+    for d in [out] + ([] if quick else [DOCS]):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text(text + "\n")
+
+
 def copy_plot(out: Path, name: str, quick: bool) -> None:
     if not quick:
         DOCS.mkdir(parents=True, exist_ok=True)
