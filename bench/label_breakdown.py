@@ -24,7 +24,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--hidden", choices=["final", "none"], default="final")
     args = ap.parse_args()
-    from pipeline import job, shards
+    from pipeline import job
+    from schemas import labelset
     from pipeline import teacher as T
     spent: dict = {}
 
@@ -51,7 +52,7 @@ def main() -> None:
     teacher = T.get_teacher(cfg)
     teacher.pool.encode = timed("engine_encode", teacher.pool.encode)
     T.VllmTeacher.label = timed("label_call", T.VllmTeacher.label)
-    shards.write_shard = timed("write_shard", shards.write_shard)
+    labelset.write_shard = timed("write_shard", labelset.write_shard)
     best = None
     for _ in range(2):
         spent.clear()

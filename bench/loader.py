@@ -24,9 +24,7 @@ sys.path.insert(0, ROOT)
 def synthetic_label_set(out: str, rows: int = 2048, seq: int = 256, resp: int = 192,
                         k: int = 64, vocab: int = 32000, shard_rows: int = 512) -> str:
     """A label set of random rows at realistic sizes (no teacher involved: a bench fixture)."""
-    from pipeline.shards import write_shard
-    from pipeline.teacher import Labels
-    from pipeline.tokenize import Tokenized
+    from schemas.labelset import Labels, Tokenized, write_shard
     from schemas import Manifest, write_manifest
     rng = np.random.default_rng(0)
     infos = []

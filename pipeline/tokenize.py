@@ -1,18 +1,7 @@
 """Tokenise prompt and response as separate segments, so the response tokens are identical in the
 raw and simplified views (only the offset ``label_start`` differs)."""
-import dataclasses
-
 from pipeline.records import Example, reject
-
-
-@dataclasses.dataclass
-class Tokenized:
-    id: str
-    raw_ids: list[int]          # BOS + prompt + response (+ EOS)
-    raw_start: int              # index of the first response token in raw_ids
-    simplified_ids: list[int] | None
-    simplified_start: int | None
-    raw_src: tuple[str, int] = ("", 0)  # (file, line) of the raw record: decides its chunk
+from schemas.labelset import Tokenized
 
 
 def load_tokenizer(model_dir: str, trust_remote_code: bool = False):

@@ -10,16 +10,14 @@ import json
 import os
 import socket
 import time
-import uuid
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
-from schemas.rows import SCHEMA_VERSION
+from schemas.files import COMMITS_DIR, MANIFEST_NAME, write_atomic
+from schemas.rows import FORMATS, check_version, schema_version
 
-MANIFEST_NAME = "manifest.json"
-COMMITS_DIR = "commits"
-FORMAT = "kd-labels"
+FORMAT = FORMATS[1]
 
 
 @dataclasses.dataclass
@@ -45,14 +43,24 @@ class Manifest:
     created_at: float = dataclasses.field(default_factory=time.time)
     format: str = FORMAT
 
+    def __post_init__(self):
+        # the format string names the version, so that readers from before the version check
+        # (which compare the format only) refuse a newer label set instead of misreading it
+        self.format = FORMATS[check_version(self.schema_version, "manifest")]
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
         d = json.loads(text)
-        if d.get("format") != FORMAT:
-            raise ValueError(f"not a kd label manifest (format={d.get('format')!r})")
+        fmt = d.get("format")
+        if not (isinstance(fmt, str) and fmt.startswith(FORMAT)):
+            raise ValueError(f"not a kd label manifest (format={fmt!r})")
+        version = check_version(d.get("schema_version"), f"manifest (format {fmt!r})")
+        if fmt != FORMATS[version]:
+            raise ValueError(f"manifest format {fmt!r} does not match its schema version "
+                             f"{version} ({FORMATS[version]!r})")
         d["shards"] = [ShardInfo(**s) for s in d["shards"]]
         return cls(**d)
 
@@ -66,14 +74,8 @@ def strip_credentials(url: str) -> str:
     return url
 
 
-def write_manifest(label_dir: str, manifest: Manifest, storage_options: dict | None = None) -> str:
-    fs, root = fsspec.core.url_to_fs(label_dir, **(storage_options or {}))
-    final = f"{root}/{MANIFEST_NAME}"
-    tmp = f"{root}/.{MANIFEST_NAME}.{uuid.uuid4().hex}.tmp"
-    with fs.open(tmp, "w") as f:
-        f.write(manifest.to_json())
-    fs.mv(tmp, final)
-    return final
+def write_manifest(label_dir: str, manifest: Manifest) -> str:
+    return write_atomic(label_dir, MANIFEST_NAME, manifest.to_json().encode())
 
 
 def load_manifest(label_dir: str, storage_options: dict | None = None) -> Manifest:
@@ -95,15 +97,14 @@ def write_commit(label_dir: str, info: ShardInfo, cache_key: str, label_config: 
     One small JSON object per input chunk, written whole (temp + rename; one PUT on object
     stores) after its shard, so a reader sees a record only once its shard is in place.
     """
-    fs, root = fsspec.core.url_to_fs(label_dir)
-    final = f"{root}/{COMMITS_DIR}/{chunk}.json"  # one record per input chunk, the last one wins
-    tmp = f"{root}/{COMMITS_DIR}/.{chunk}.{uuid.uuid4().hex}.tmp"
-    fs.makedirs(f"{root}/{COMMITS_DIR}", exist_ok=True)
     writer = f"{socket.gethostname()}:{os.getpid()}"  # which worker committed it
-    fs.pipe(tmp, json.dumps({"cache_key": cache_key, "label_config": label_config,
+    version = schema_version(label_config.get("targets", "topk"))
+    # one record per input chunk, the last one wins
+    write_atomic(label_dir, f"{COMMITS_DIR}/{chunk}.json",
+                 json.dumps({"schema_version": version,
+                             "cache_key": cache_key, "label_config": label_config,
                              "chunk": chunk, "shard": dataclasses.asdict(info),
                              "writer": writer}).encode())
-    fs.mv(tmp, final)
 
 
 def read_commits(label_dir: str) -> list[dict]:
@@ -146,7 +147,8 @@ def load_committed(label_dir: str) -> Manifest:
         records = read_commits(label_dir)
         if not records:
             raise FileNotFoundError(f"{label_dir} holds no manifest and no committed shards")
-        return Manifest(schema_version=SCHEMA_VERSION, cache_key=records[0]["cache_key"],
+        version = check_version(records[0].get("schema_version", 1), f"commit records of {label_dir}")
+        return Manifest(schema_version=version, cache_key=records[0]["cache_key"],
                         teacher={}, tokenizer_fingerprint="",
                         label_config=records[0]["label_config"],
                         shards=[ShardInfo(**r["shard"]) for r in records], rejects={},

@@ -17,6 +17,10 @@ from student_train.stream import LabelSet, collate
 @torch.no_grad()
 def evaluate(student_dir: str, labels: str, view: str, batch_size: int = 64) -> dict:
     ls = LabelSet(labels, views=(view,))
+    if ls.targets == "sampled":
+        raise ValueError(f"{labels} holds sampled targets only: kd eval compares with the "
+                         "teacher's top k (KL, top-1 agreement); label the held-out set with "
+                         "--targets topk or both")
     model = Distiller(AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32),
                       [], None).eval()
     ce = kl = agree = n = 0.0

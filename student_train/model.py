@@ -2,7 +2,6 @@
 import json
 import os
 
-import fsspec
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -98,10 +97,3 @@ class Distiller(torch.nn.Module):
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.student.get_output_embeddings()(h)
-
-
-def save_tokenizer_files(src_dir: str, dst_dir: str) -> None:
-    fs, root = fsspec.core.url_to_fs(src_dir)
-    os.makedirs(dst_dir, exist_ok=True)
-    for path in fs.ls(root, detail=False):
-        fs.get(path, os.path.join(dst_dir, os.path.basename(path)))

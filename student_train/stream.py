@@ -9,56 +9,18 @@ against their recorded sha256 before use and decoded column-wise with numpy.
 import dataclasses
 import functools
 import hashlib
-import os
 import time
 
 import fsspec
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from schemas import ShardInfo, compact, hidden_column, load_manifest, proj_column, verify_shard
+from schemas import ShardInfo, load_manifest, verify_shard
+from schemas.files import TOKENIZER_DIR, copy_tokenizer
+from schemas.labelconfig import LabelConfig
+from schemas.labelset import ShardArrays, decode_table
 from schemas.manifest import load_committed
-
-
-@dataclasses.dataclass
-class ShardArrays:
-    """One shard decoded to flat numpy arrays (no per-row Python objects)."""
-    view: np.ndarray          # (R,) object
-    example_id: np.ndarray    # (R,) object
-    ids: np.ndarray           # flat input ids
-    ids_off: np.ndarray       # (R+1,)
-    label_start: np.ndarray   # (R,)
-    topk_ids: np.ndarray      # (T, k) over all response tokens of the shard
-    topk_lp: np.ndarray       # (T, k)
-    tok_off: np.ndarray       # (R+1,) offsets into the T axis
-    hidden: dict              # teacher layer -> (R, d) summaries, or (T, r) per-token projections
-    hidden_per_token: bool = False
-
-
-def _offsets(col: pa.ChunkedArray) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(pc.list_value_length(col).to_numpy())])
-
-
-def decode_table(table: pa.Table, k: int, hidden_layers: list[int],
-                 per_token: bool = False) -> ShardArrays:
-    """A shard table (plain or compact, by its ``kd.encoding``) -> flat arrays. ``per_token``:
-    hidden targets are the per-token projections ``hidden_proj_l<L>`` instead of the means."""
-    flat_ids = pc.list_flatten(table["input_ids"]).to_numpy()
-    tk, tl = compact.topk_arrays(table, k)
-    if per_token:
-        hidden = {layer: pc.list_flatten(pc.list_flatten(table[proj_column(layer)])).to_numpy()
-                  .reshape(len(tk), -1) for layer in hidden_layers}
-    else:
-        hidden = {layer: pc.list_flatten(table[hidden_column(layer)]).to_numpy()
-                  .reshape(table.num_rows, -1) for layer in hidden_layers}
-    return ShardArrays(table["view"].to_numpy(zero_copy_only=False),
-                       table["example_id"].to_numpy(zero_copy_only=False), flat_ids,
-                       _offsets(table["input_ids"]), table["label_start"].to_numpy(),
-                       tk, tl, _offsets(table[compact.position_column(table)]), hidden,
-                       per_token)
 
 
 class LabelSet:
@@ -87,16 +49,18 @@ class LabelSet:
                 raise TimeoutError(f"no shard committed in {path} after {timeout:.0f} s")
             time.sleep(poll)
             self.refresh(follow)
-        lc = self.label_config
-        self.k = int(lc["top_k"])
-        self.hidden_layers = list(lc.get("hidden_layers") or [])
-        self.hidden_dim = lc.get("hidden_size")
-        self.teacher_layers = lc.get("teacher_num_layers")
+        lc = self.config = LabelConfig.from_dict(self.label_config)
+        self.k = lc.top_k
+        self.targets, self.samples = lc.targets, lc.samples
+        self.proposal_temperature = lc.proposal_temperature
+        self.hidden_layers = list(lc.hidden_layers)
+        self.hidden_dim = lc.hidden_size
+        self.teacher_layers = lc.teacher_num_layers
         if hidden_per_token:
-            if not lc.get("hidden_proj"):
+            if not lc.hidden_proj:
                 raise ValueError(f"{path} stores no per-token projections: label it with "
                                  "`kd label --hidden-proj-dim R`")
-            self.hidden_dim = int(lc["hidden_proj"]["dim"])
+            self.hidden_dim = int(lc.hidden_proj["dim"])
         if self.hidden_layers and self.hidden_dim is None and self.num_shards:
             self.hidden_dim = next(iter(self.shard(0)[0].hidden.values())).shape[1]
 
@@ -160,7 +124,7 @@ class LabelSet:
         """Shard i decoded whole, and the indices of its rows in the selected views."""
         if i not in self._cache:
             arrays = decode_table(self._open(i).read(), self.k, self.hidden_layers,
-                                  self.hidden_per_token)
+                                  self.hidden_per_token, self.samples)
             self._cache = {i: (arrays, self._select(arrays))}  # one shard at a time
         return self._cache[i]
 
@@ -169,18 +133,17 @@ class LabelSet:
         pf = self._open(i)
         for g in range(pf.num_row_groups):
             arrays = decode_table(pf.read_row_group(g), self.k, self.hidden_layers,
-                                  self.hidden_per_token)
+                                  self.hidden_per_token, self.samples)
             yield arrays, self._select(arrays)
 
     def tokenizer_dir(self) -> str:
         """A local directory with the label set's tokenizer (copied once if the set is remote)."""
         if "file" in self.fs.protocol or "local" in self.fs.protocol:
-            return f"{self.root}/tokenizer"
+            return f"{self.root}/{TOKENIZER_DIR}"
         if self._local_tok is None:
             import tempfile
             self._local_tok = tempfile.mkdtemp(prefix="kd-tokenizer-")
-            for path in self.fs.ls(f"{self.root}/tokenizer", detail=False):
-                self.fs.get(path, os.path.join(self._local_tok, os.path.basename(path)))
+            copy_tokenizer(f"{self.path}/{TOKENIZER_DIR}", self._local_tok)
         return self._local_tok
 
 
@@ -194,6 +157,9 @@ class Batch:
     topk_ids: torch.Tensor        # (N, k)
     topk_logprobs: torch.Tensor   # (N, k)
     hidden: dict                  # teacher layer -> (B, d) summary, or (N, r) per token
+    sample_ids: torch.Tensor      # (N, S) sampled targets, -1 padding; (N, 0) without
+    sample_counts: torch.Tensor   # (N, S) draws per id, 0 padding
+    sample_logw: torch.Tensor     # (N, S) log importance weights; (N, 0) when all 0
 
     def to(self, device) -> "Batch":
         if device.type == "cpu":
@@ -205,7 +171,7 @@ class Batch:
 
 def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Batch:
     """Rows given as (shard arrays, row indices) -> one padded batch."""
-    seqs, starts, tk, tl = [], [], [], []
+    seqs, starts, tk, tl, si, sc, sw = [], [], [], [], [], [], []
     hid: dict = {layer: [] for layer in parts[0][0].hidden}
     for arr, rows in parts:
         for r in rows:
@@ -213,9 +179,24 @@ def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Bat
             starts.append(int(arr.label_start[r]))
             tk.append(arr.topk_ids[arr.tok_off[r]:arr.tok_off[r + 1]])
             tl.append(arr.topk_lp[arr.tok_off[r]:arr.tok_off[r + 1]])
+            span = slice(arr.tok_off[r], arr.tok_off[r + 1])
+            n_pos = arr.tok_off[r + 1] - arr.tok_off[r]
+            si.append(arr.sample_ids[span] if arr.sample_ids is not None
+                      else np.zeros((n_pos, 0), np.int32))
+            sc.append(arr.sample_counts[span] if arr.sample_counts is not None
+                      else np.zeros((n_pos, 0), np.uint8))
+            sw.append(arr.sample_logw[span] if arr.sample_logw is not None
+                      else np.zeros((n_pos, 0), np.float32))
             for layer, h in arr.hidden.items():
                 hid[layer].append(h[arr.tok_off[r]:arr.tok_off[r + 1]] if arr.hidden_per_token
                                   else h[r][None])
+    return pad_rows(seqs, starts, tk, tl, hid, pad_id)
+
+
+def pad_rows(seqs: list, starts: list[int], tk: list, tl: list, hid: dict,
+             pad_id: int = 0) -> Batch:
+    """Per-row arrays (input ids, first labelled position, (n, k) top-k ids and log-probs, hidden
+    targets per layer) -> one right-padded batch."""
     lengths = np.array([len(s) for s in seqs])
     ids = np.full((len(seqs), lengths.max()), pad_id, dtype=np.int64)
     mask = np.zeros_like(ids)
@@ -227,7 +208,10 @@ def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Bat
                  torch.from_numpy(pos_p - 1), torch.from_numpy(ids[pos_b, pos_p]),
                  torch.from_numpy(np.concatenate(tk).astype(np.int64)),
                  torch.from_numpy(np.concatenate(tl)),
-                 {layer: torch.from_numpy(np.concatenate(h)) for layer, h in hid.items()})
+                 {layer: torch.from_numpy(np.concatenate(h)) for layer, h in hid.items()},
+                 torch.from_numpy(np.concatenate(si).astype(np.int64)),
+                 torch.from_numpy(np.concatenate(sc).astype(np.int64)),
+                 torch.from_numpy(np.concatenate(sw)))
 
 
 def growing_shards(ls: LabelSet, sync=None):

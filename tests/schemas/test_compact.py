@@ -1,5 +1,4 @@
-"""The compact shard encoding: error bounds, plain shards unchanged, validation, trainer stream."""
-import hashlib
+"""The compact shard encoding: error bounds, plain shards unchanged, validation."""
 import io
 import json
 
@@ -7,30 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from pipeline.shards import build_table, parquet_bytes
-from pipeline.teacher import Labels
-from pipeline.tokenize import Tokenized
-from schemas import (Manifest, ShardError, ShardInfo, compact, read_file_metadata,
-                     validate_table, write_manifest)
-from student_train import losses
-from student_train.stream import LabelSet, batches
-
-VOCAB = 3000
-
-
-def teacher_topk(n: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(n, k) ids and log-probs of heavy-tailed distributions over VOCAB tokens: a Zipf prior
-    plus Gumbel noise plus a few boosted tokens (top-1 probability from ~0.1 to ~1)."""
-    rng = np.random.default_rng(seed)
-    z = -np.log(np.arange(1, VOCAB + 1)) + rng.gumbel(size=(n, VOCAB))
-    for i in range(n):
-        z[i, rng.choice(VOCAB, 3, replace=False)] += rng.uniform(2, 14) - np.array([0, 1.5, 3])
-    lp = z - np.log(np.exp(z).sum(1, keepdims=True))
-    ids = np.argsort(-lp, axis=1)[:, :k]
-    return ids.astype(np.int32), np.take_along_axis(lp, ids, 1).astype(np.float32)
-
+from schemas import ShardError, compact, read_file_metadata, validate_table
+from schemas.labelset import build_table, parquet_bytes
+from synthetic import items, teacher_topk
 
 @pytest.mark.parametrize("bits,tau", [(8, 2.0), (8, 4.0), (5, 2.0)])
 def test_round_trip_within_the_code_cells(bits, tau):
@@ -90,22 +69,6 @@ def test_encode_refuses_duplicate_ids_and_nan():
     nan[1, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         compact.encode_topk(ids, nan)
-
-
-def items(n=12, k=16, d=5, seed=0, simplified=True):
-    """Examples with teacher-like labels (distinct ids per position), no teacher involved."""
-    rng = np.random.default_rng(seed)
-    out, start = [], 0
-    n_resp = rng.integers(2, 9, n)
-    ids, lp = teacher_topk(int(n_resp.sum()), k, seed)
-    for i, m in enumerate(n_resp):
-        resp = rng.integers(5, VOCAB, m).tolist()
-        lab = Labels(ids[start:start + m], lp[start:start + m], lp[start:start + m, 0].copy(),
-                     {2: rng.random(d).astype(np.float32)})
-        start += m
-        simp = ([1, 3] + resp, 2) if simplified else (None, None)
-        out.append((Tokenized(f"id{i:03d}", [1, 7, 8, 9] + resp, 4, *simp), lab))
-    return out
 
 
 def test_plain_shards_are_unchanged():
@@ -171,50 +134,3 @@ def test_validation_rejects_broken_compact_shards():
         pa.list_(pa.list_(pa.int64()))))
     with pytest.raises(ShardError, match="topk_id_deltas"):
         validate_table(wide, 16)
-
-
-def write_label_set(out, its, k, encoding, shard_size=5):
-    """A label set on disk by hand (build_table + parquet_bytes + manifest), no teacher."""
-    infos = []
-    for s in range(0, len(its), shard_size):
-        table = build_table(its[s:s + shard_size], k, (2,), {"k": k}, encoding=encoding)
-        data = parquet_bytes(table)
-        rel = f"shards/part-{s:04d}.parquet"
-        (out / "shards").mkdir(parents=True, exist_ok=True)
-        (out / rel).write_bytes(data)
-        tokens = sum(len(r) for r in table["target_logprob"].to_pylist())
-        infos.append(ShardInfo(rel, table.num_rows, tokens, len(data),
-                               hashlib.sha256(data).hexdigest()))
-    write_manifest(str(out), Manifest(1, "test", {"path": "synthetic"}, "synthetic",
-                                      {"top_k": k, "hidden_layers": [2], "encoding": encoding},
-                                      infos, {"path": "", "rows": 0}, {"rows_in": len(its)}))
-    return str(out)
-
-
-def test_trainer_stream_reads_compact_label_sets(tmp_path):
-    its = items(n=20, k=16)
-    plain = LabelSet(write_label_set(tmp_path / "plain", its, 16, "plain"))
-    comp = LabelSet(write_label_set(tmp_path / "compact", its, 16, "compact"))
-    assert sum(s.bytes for s in comp.shards) < sum(s.bytes for s in plain.shards)
-    # whole-shard reads and row-group reads give (T, k) arrays the trainer can use
-    arr, _ = comp.shard(0)
-    p_arr, _ = plain.shard(0)
-    assert arr.topk_ids.shape == p_arr.topk_ids.shape == (p_arr.tok_off[-1], 16)
-    assert np.array_equal(arr.tok_off, p_arr.tok_off)
-    assert compact.topk_kl(p_arr.topk_ids, p_arr.topk_lp, arr.topk_ids, arr.topk_lp).max() < 1e-3
-    (rg, _), = list(comp.row_groups(1))
-    assert rg.topk_ids.shape[1] == 16 and rg.topk_lp.dtype == np.float32
-    n = 0
-    for ((pos, a), (pos2, b)) in zip(batches(plain, 4, seed=1), batches(comp, 4, seed=1)):
-        assert pos == pos2 and torch.equal(a.input_ids, b.input_ids)
-        assert torch.equal(a.targets, b.targets)
-        assert torch.equal(a.topk_ids.sort(-1).values, b.topk_ids.sort(-1).values)
-        g = torch.Generator().manual_seed(n)
-        logits = torch.randn(a.topk_ids.shape[0], VOCAB, generator=g)
-        la = losses.sparse_kd_loss(logits, a.topk_ids, a.topk_logprobs)
-        lb = losses.sparse_kd_loss(logits, b.topk_ids, b.topk_logprobs)
-        assert torch.allclose(la, lb, rtol=5e-3, atol=1e-4)  # loss of a random student
-        n += 1
-        if n == 12:  # crosses an epoch (40 rows / 4 = 10 batches)
-            break
-    assert n == 12

@@ -7,9 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.shards import build_table
-from pipeline.teacher import Labels
-from pipeline.tokenize import Tokenized
+from schemas.labelset import Labels, Tokenized, build_table
 from schemas import (Manifest, ShardError, ShardInfo, load_manifest, read_file_metadata,
                      teacher_fingerprint, tokenizer_fingerprint, validate_table, write_manifest)
 from schemas.manifest import strip_credentials
@@ -126,3 +124,28 @@ def test_per_token_projection_columns():
     np.testing.assert_array_equal(p, projection_matrix(256, 16, 7))
     assert not np.array_equal(p, projection_matrix(256, 16, 8))
     assert abs(float((p ** 2).sum(0).mean()) - 256 / 16) < 2  # columns of squared norm ~ d / R
+
+
+def test_schemas_stand_alone():
+    """Importing the label-set contract pulls in no engine, Beam or torch and sets no engine
+    variables; the schema tests themselves import nothing above schemas/."""
+    import ast
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    code = ("import os, sys, schemas, schemas.labelset, schemas.files, schemas.cache; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'vllm', "
+            "'apache_beam', 'pipeline', 'student_train'}), "
+            "sorted(k for k in os.environ if k.startswith('VLLM_')))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[] []"
+    for path in pathlib.Path(__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                    [a.name for a in node.names]
+                assert not any(n.split(".")[0] in ("pipeline", "student_train") for n in names), \
+                    f"{path.name} imports {names}"

@@ -8,7 +8,7 @@ import threading
 import time
 
 from schemas import ShardInfo, load_manifest
-from pipeline.shards import shard_chunk
+from schemas.labelset import shard_chunk
 from schemas.manifest import write_commit
 from student_train.train import TrainConfig, train
 

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from schemas import compact
+from student_train import losses
 from student_train.stream import LabelSet, batches
+from synthetic import VOCAB, items, write_label_set
 
 
 def rows_of(batch):
@@ -122,3 +125,32 @@ def test_dataloader_workers_give_the_same_sequence(label_set):
         for (_, b), (_, c) in zip(ref, got):
             assert rows_of(b) == rows_of(c)
             assert torch.equal(b.topk_logprobs, c.topk_logprobs)
+
+
+def test_trainer_stream_reads_compact_label_sets(tmp_path):
+    its = items(n=20, k=16)
+    plain = LabelSet(write_label_set(tmp_path / "plain", its, 16, "plain"))
+    comp = LabelSet(write_label_set(tmp_path / "compact", its, 16, "compact"))
+    assert sum(s.bytes for s in comp.shards) < sum(s.bytes for s in plain.shards)
+    # whole-shard reads and row-group reads give (T, k) arrays the trainer can use
+    arr, _ = comp.shard(0)
+    p_arr, _ = plain.shard(0)
+    assert arr.topk_ids.shape == p_arr.topk_ids.shape == (p_arr.tok_off[-1], 16)
+    assert np.array_equal(arr.tok_off, p_arr.tok_off)
+    assert compact.topk_kl(p_arr.topk_ids, p_arr.topk_lp, arr.topk_ids, arr.topk_lp).max() < 1e-3
+    (rg, _), = list(comp.row_groups(1))
+    assert rg.topk_ids.shape[1] == 16 and rg.topk_lp.dtype == np.float32
+    n = 0
+    for ((pos, a), (pos2, b)) in zip(batches(plain, 4, seed=1), batches(comp, 4, seed=1)):
+        assert pos == pos2 and torch.equal(a.input_ids, b.input_ids)
+        assert torch.equal(a.targets, b.targets)
+        assert torch.equal(a.topk_ids.sort(-1).values, b.topk_ids.sort(-1).values)
+        g = torch.Generator().manual_seed(n)
+        logits = torch.randn(a.topk_ids.shape[0], VOCAB, generator=g)
+        la = losses.sparse_kd_loss(logits, a.topk_ids, a.topk_logprobs)
+        lb = losses.sparse_kd_loss(logits, b.topk_ids, b.topk_logprobs)
+        assert torch.allclose(la, lb, rtol=5e-3, atol=1e-4)  # loss of a random student
+        n += 1
+        if n == 12:  # crosses an epoch (40 rows / 4 = 10 batches)
+            break
+    assert n == 12
