@@ -190,13 +190,18 @@ def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Bat
             for layer, h in arr.hidden.items():
                 hid[layer].append(h[arr.tok_off[r]:arr.tok_off[r + 1]] if arr.hidden_per_token
                                   else h[r][None])
-    return pad_rows(seqs, starts, tk, tl, hid, pad_id)
+    return pad_rows(seqs, starts, tk, tl, hid, pad_id, si, sc, sw)
 
 
 def pad_rows(seqs: list, starts: list[int], tk: list, tl: list, hid: dict,
-             pad_id: int = 0) -> Batch:
+             pad_id: int = 0, si: list | None = None, sc: list | None = None,
+             sw: list | None = None) -> Batch:
     """Per-row arrays (input ids, first labelled position, (n, k) top-k ids and log-probs, hidden
-    targets per layer) -> one right-padded batch."""
+    targets per layer, optionally (n, s) sampled ids, counts and log-weights) -> one right-padded
+    batch. Rows without sampled targets get zero-width sample arrays."""
+    si = si or [np.zeros((len(t), 0), np.int32) for t in tk]
+    sc = sc or [np.zeros((len(t), 0), np.uint8) for t in tk]
+    sw = sw or [np.zeros((len(t), 0), np.float32) for t in tk]
     lengths = np.array([len(s) for s in seqs])
     ids = np.full((len(seqs), lengths.max()), pad_id, dtype=np.int64)
     mask = np.zeros_like(ids)
