@@ -25,11 +25,10 @@ def test_exact_match_of_the_teacher(label_set, teacher_dir):
     assert any(raw["correct"].values()) and not all(raw["correct"].values())
 
 
-def test_kd_eval_exact_match_flag(label_set, teacher_dir, tmp_path, capsys):
+def test_kd_eval_exact_match_flag(label_set, teacher_dir, tmp_path):
     import kd_cli
     path = tmp_path / "eval.json"
     assert kd_cli.main(["eval", "--labels", label_set["out"], "--student", f"t={teacher_dir}",
                         "--views", "raw", "--exact-match", "--json", str(path)]) == 0
     (row,) = json.loads(path.read_text())
     assert row["exact"] == exact_match(teacher_dir, label_set["out"], "raw")["exact"]
-    assert "exact" in capsys.readouterr().out
