@@ -1,13 +1,13 @@
 """The labelling job as a short composition of named Beam transforms.
 
-    ReadRaw / ReadSimplified -> Parse -> JoinById -> Pair -> Tokenize -> Chunk -> LabelOrReuse
-                                                    (generate mode: the teacher writes responses
-                                                     there, then scores them)
-                                 rejects of every step -> WriteRejects
-                              -> WriteManifest (last: the commit)
+    ReadRecords (per input: read, count, parse) -> PairViews (join by id) -> Tokenise
+        -> LabelChunks (chunk, label or reuse, write and commit each shard; generate mode: the
+                        teacher writes the responses there, then scores them)
+    rejects of every step, shard infos, row counts -> CommitLabelSet (rejects file, then the
+                                                       manifest: the commit)
 
-Per-element logic lives in records.py, tokenize.py and teacher.py as plain functions; the label
-set's writer and commit protocol in schemas/labelset.py.
+Per-element logic lives in records.py, tokenize.py and teacher.py and in the plain functions
+below; the label set's writer and commit protocol in schemas/labelset.py.
 """
 import collections
 import dataclasses
@@ -60,8 +60,34 @@ def read_split(split: tuple[int, int, int], path: str, kind: str, columns: dict)
     return records.read_records(path, kind, columns, *split)
 
 
+def one_row(_record):
+    return "rows_in", 1
+
+
 def is_reject(element) -> bool:
     return isinstance(element, dict)
+
+
+def is_result(element) -> bool:
+    return not is_reject(element)
+
+
+def key_by_id(record):
+    """A Record keyed by its example id."""
+    return record.id, record
+
+
+def pair_views(example_id, views) -> list:
+    """The CoGroupByKey result of one id -> its Example and rejects (``records.pair``)."""
+    return records.pair(example_id, list(views["raw"]), list(views["simplified"]))
+
+
+def tagged(value, kind: str):
+    return kind, value
+
+
+def under_one_key(part):
+    return None, part
 
 
 class SplitRejects(beam.PTransform):
@@ -70,8 +96,93 @@ class SplitRejects(beam.PTransform):
     all of its outputs (docs/RUNNERS.md)."""
 
     def expand(self, pcoll):
-        return (pcoll | "Ok" >> beam.Filter(lambda e: not is_reject(e)),
+        return (pcoll | "Ok" >> beam.Filter(is_result),
                 pcoll | "Rejected" >> beam.Filter(is_reject))
+
+
+class ReadRecords(beam.PTransform):
+    """One input file -> (records, rejects, row counts): read as ``splits`` interleaved splits
+    of whole chunks, reshuffled, counted (rows_in), parsed and checked."""
+
+    def __init__(self, path: str, kind: str, columns: dict, splits: int, block: int):
+        super().__init__()
+        self.path, self.kind, self.columns = path, kind, columns
+        self.splits, self.block = splits, block
+
+    def expand(self, pbegin):
+        lines = (pbegin
+                 | "Splits" >> beam.Create([(i, self.splits, self.block)
+                                            for i in range(self.splits)])
+                 | "Records" >> beam.FlatMap(read_split, self.path, self.kind, self.columns)
+                 | "Reshuffle" >> beam.Reshuffle())
+        counts = lines | "Count" >> beam.Map(one_row)
+        ok, rejected = (lines
+                        | "Parse" >> beam.MapTuple(records.parse_record, columns=self.columns)
+                        | "Split" >> SplitRejects())
+        return ok, rejected, counts
+
+
+class PairViews(beam.PTransform):
+    """{view: records} -> (examples, rejects): the raw and simplified records joined by id."""
+
+    def expand(self, views):
+        keyed = {view: pcoll | f"KeyById{view}" >> beam.Map(key_by_id)
+                 for view, pcoll in views.items()}
+        if "simplified" not in keyed:
+            keyed["simplified"] = keyed["raw"].pipeline | "NoSimplified" >> beam.Create([])
+        return (keyed
+                | "JoinById" >> beam.CoGroupByKey()
+                | "Pair" >> beam.FlatMapTuple(pair_views)
+                | "Split" >> SplitRejects())
+
+
+class Tokenise(beam.PTransform):
+    """examples -> (tokenised examples, rejects)."""
+
+    def __init__(self, cfg: TeacherConfig, max_len: int, truncate: bool, chat: bool):
+        super().__init__()
+        self.fn = TokenizeFn(cfg.model_dir, max_len, cfg.trust_remote_code, truncate, chat)
+
+    def expand(self, examples):
+        return examples | "Tokenize" >> beam.ParDo(self.fn) | "Split" >> SplitRejects()
+
+
+class LabelChunks(beam.PTransform):
+    """tokenised examples -> shard infos: grouped into chunks of input lines, each labelled and
+    committed as one shard, or reused."""
+
+    def __init__(self, shard_rows: int, fn: "LabelChunkFn"):
+        super().__init__()
+        self.shard_rows, self.fn = shard_rows, fn
+
+    def expand(self, tokenised):
+        return (tokenised
+                | "Chunk" >> beam.Map(chunk_key, self.shard_rows)
+                | "GroupChunks" >> beam.GroupByKey()
+                | "LabelOrReuse" >> beam.ParDo(self.fn))
+
+
+class CommitLabelSet(beam.PTransform):
+    """(rejects, shard infos, row counts) -> the counts, after ``commit`` wrote the rejects
+    file and then the manifest: every part is tagged and gathered under one key, so the commit
+    is one step that runs last, also on empty input."""
+
+    def __init__(self, out: str, header: dict):
+        super().__init__()
+        self.out, self.header = out, header
+
+    def expand(self, parts):
+        rejects, infos, counts = parts
+        p = infos.pipeline
+        tagged_parts = [rejects | "TagRejects" >> beam.Map(tagged, "reject"),
+                        infos | "TagShards" >> beam.Map(tagged, "shard"),
+                        counts | "RowsIn" >> beam.CombinePerKey(sum),
+                        p | "NoRows" >> beam.Create([("rows_in", 0)])]
+        return (tagged_parts
+                | "AllParts" >> beam.Flatten()
+                | "OneKey" >> beam.Map(under_one_key)
+                | "Gather" >> beam.GroupByKey()
+                | "WriteManifest" >> beam.Map(commit, self.out, self.header))
 
 
 class TokenizeFn(beam.DoFn):
@@ -192,9 +303,10 @@ class LabelChunkFn(beam.DoFn):
         return with_responses(items, responses)
 
 
-def commit(parts: list, out: str, header: dict) -> dict:
-    """The last step, on the one gathered list of (kind, value) parts: write the rejects file,
-    then the manifest listing every shard (all shards are durable by then)."""
+def commit(gathered, out: str, header: dict) -> dict:
+    """The last step, on the one gathered (None, [(kind, value) parts]) group: write the rejects
+    file, then the manifest listing every shard (all shards are durable by then)."""
+    parts = list(gathered[1])
     infos = [v for kind, v in parts if kind == "shard"]
     rejects_info = labelset.write_rejects(out, [v for kind, v in parts if kind == "reject"])
     rows_in = sum(v for kind, v in parts if kind == "rows_in")
@@ -218,6 +330,9 @@ def commit_manifest(shard_infos, rejects_info, rows_in, out, header):
     return counts
 
 
+RAW_KIND = {"score": "raw", "text": "text", "generate": "prompt"}  # mode -> the raw input's kind
+
+
 def build(p: beam.Pipeline, job: LabelJob, config: LabelConfig, header: dict, metadata: dict,
           existing: dict) -> None:
     """The job's graph. Only Create, ParDo, Flatten and GroupByKey, no side inputs and no
@@ -225,51 +340,21 @@ def build(p: beam.Pipeline, job: LabelJob, config: LabelConfig, header: dict, me
     cfg = job.teacher
     max_len = cfg.max_model_len or context_length(model_config(cfg.model_dir))
     columns = dict(job.columns)
-    sources = [("Raw", job.input, "raw", {"text": "text", "generate": "prompt"}.get(job.mode,
-                                                                                   "raw"))]
+    sources = {"Raw": ("raw", job.input, RAW_KIND[job.mode])}
     if job.simplified:
-        sources.append(("Simplified", job.simplified, "simplified", "simplified"))
-    parsed, counts = {}, []
-    splits = [(i, job.read_splits, job.shard_rows) for i in range(job.read_splits)]
-    for name, path, view, kind in sources:
-        lines = (p | f"Read{name}" >> beam.Create(splits)
-                 | f"Records{name}" >> beam.FlatMap(read_split, path, kind, columns)
-                 | f"Reshuffle{name}" >> beam.Reshuffle())
-        counts.append(lines | f"Count{name}" >> beam.Map(lambda _: ("rows_in", 1)))
-        parsed[view] = (lines | f"Parse{name}" >> beam.MapTuple(records.parse_record,
-                                                               columns=columns)
-                        | f"Split{name}" >> SplitRejects())
-    keyed = {view: ok | f"KeyById{view}" >> beam.Map(lambda r: (r.id, r))
-             for view, (ok, _) in parsed.items()}
-    if "simplified" not in keyed:
-        keyed["simplified"] = p | "NoSimplified" >> beam.Create([])
-    paired_ok, paired_rejected = (
-        keyed | "JoinById" >> beam.CoGroupByKey()
-        | "Pair" >> beam.FlatMapTuple(lambda i, g: records.pair(i, list(g["raw"]),
-                                                                 list(g["simplified"])))
-        | "SplitPair" >> SplitRejects())
-    toks_ok, toks_rejected = (
-        paired_ok | "Tokenize" >> beam.ParDo(TokenizeFn(cfg.model_dir, max_len,
-                                                        cfg.trust_remote_code, job.truncate,
-                                                        job.chat_template))
-        | "SplitTokenize" >> SplitRejects())
-    infos = (toks_ok
-             | "Chunk" >> beam.Map(chunk_key, job.shard_rows)
-             | "GroupChunks" >> beam.GroupByKey()
-             | "LabelOrReuse" >> beam.ParDo(LabelChunkFn(
-                 cfg, job.out, config, metadata, existing,
-                 job.sampling if job.mode == "generate" else None, max_len,
-                 job.overlap_writes)))
-    rejects = ([rejected for _, rejected in parsed.values()] + [paired_rejected, toks_rejected]
+        sources["Simplified"] = ("simplified", job.simplified, "simplified")
+    read = {view: p | f"Read{name}" >> ReadRecords(path, kind, columns, job.read_splits,
+                                                     job.shard_rows)
+            for name, (view, path, kind) in sources.items()}
+    examples, pair_rejects = {view: ok for view, (ok, _, _) in read.items()} | PairViews()
+    tokenised, token_rejects = examples | Tokenise(cfg, max_len, job.truncate, job.chat_template)
+    infos = tokenised | LabelChunks(job.shard_rows, LabelChunkFn(
+        cfg, job.out, config, metadata, existing,
+        job.sampling if job.mode == "generate" else None, max_len, job.overlap_writes))
+    rejects = ([rejected for _, rejected, _ in read.values()] + [pair_rejects, token_rejects]
                | "AllRejects" >> beam.Flatten())
-    parts = [rejects | "TagRejects" >> beam.Map(lambda r: ("reject", r)),
-             infos | "TagShards" >> beam.Map(lambda s: ("shard", s)),
-             counts | "AllCounts" >> beam.Flatten() | "RowsIn" >> beam.CombinePerKey(sum),
-             p | "NoRows" >> beam.Create([("rows_in", 0)])]  # the commit runs on empty input
-    (parts | "AllParts" >> beam.Flatten()
-     | "OneKey" >> beam.Map(lambda part: (None, part))
-     | "Gather" >> beam.GroupByKey()
-     | "WriteManifest" >> beam.MapTuple(lambda _, ps: commit(list(ps), job.out, header)))
+    counts = [counted for _, _, counted in read.values()] | "AllCounts" >> beam.Flatten()
+    (rejects, infos, counts) | CommitLabelSet(job.out, header)
 
 
 class Progress:
