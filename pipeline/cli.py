@@ -1,7 +1,9 @@
 """``kd label``: label a dataset with the teacher and write a label set."""
 import json
 import logging
+import math
 import sys
+import threading
 import time
 
 import yaml
@@ -176,16 +178,66 @@ def main(args, beam_args: list[str]) -> int:
             shard_rows=args.shard_rows, truncate=args.too_long == "truncate", mode=args.mode,
             columns=columns, chat_template=args.chat_template, encoding=args.encoding,
             sampling=SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed))
-        summary = job.run(label_job, beam_args, progress=args.progress)
+        summary = job.run(label_job, beam_args, watch=Progress if args.progress else None)
     finally:
         shutdown_all()
     summary["seconds"] = round(time.time() - t0, 2)
-    print(job.format_summary(summary))
+    print(format_summary(summary))
     print(f"done in {summary['seconds']} s -> {args.out}")
     if args.summary_json:
         with open(args.summary_json, "w") as f:
-            f.write(job.dumps(summary))
+            f.write(json.dumps(summary, indent=1, sort_keys=True))
     return 0
+
+
+class Progress:
+    """``kd label --progress``: a progress bar fed by the job's commit records (shards, rows,
+    tokens/s, ETA), polled from the driver while the pipeline runs (``job.run``'s ``watch``);
+    the total is the input's record count / shard_rows."""
+
+    def __init__(self, job, key: str, every: float = 1.0):
+        self.job, self.key, self.every = job, key, every
+        self.stop = threading.Event()
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def loop(self):
+        from tqdm import tqdm
+
+        from pipeline import records
+        from schemas.manifest import read_commits
+        total = math.ceil(records.count_records(self.job.input) / self.job.shard_rows)
+        before = {r["chunk"] for r in read_commits(self.job.out) if r["cache_key"] == self.key}
+        bar = tqdm(total=total, desc="label", unit="shard", dynamic_ncols=True,
+                   mininterval=self.every)
+        while not self.stop.wait(self.every):
+            new = [r["shard"] for r in read_commits(self.job.out)
+                   if r["cache_key"] == self.key and r["chunk"] not in before]
+            bar.n = len(new)
+            elapsed = bar.format_dict["elapsed"] or 1e-9
+            bar.set_postfix(rows=sum(s["rows"] for s in new),
+                            tok_s=f"{sum(s['tokens'] for s in new) / elapsed:.0f}", refresh=False)
+            bar.refresh()
+        bar.close()
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"rows in        {summary['rows_in']}",
+             f"rows labelled  {summary['rows_labelled']} ({summary.get('rows_reused', 0)} reused "
+             f"from {summary.get('shards_reused', 0)} unchanged shards)",
+             f"rows rejected  {summary['rows_rejected']}",
+             f"tokens         {summary['tokens_labelled']}",
+             f"shards         {summary['shards']}"]
+    for reason, n in summary["rejects_by_reason"].items():
+        lines.append(f"  rejected: {reason:<16} {n}")
+    return "\n".join(lines)
 
 
 def add_plan_parser(sub) -> None:

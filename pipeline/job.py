@@ -10,11 +10,9 @@ Per-element logic lives in records.py, tokenize.py and teacher.py and in the pla
 below; the label set's writer and commit protocol in schemas/labelset.py.
 """
 import collections
+import contextlib
 import dataclasses
-import json
 import logging
-import math
-import threading
 import time
 
 import apache_beam as beam
@@ -31,8 +29,7 @@ from schemas import labelset
 from schemas.files import TOKENIZER_DIR, copy_tokenizer
 from schemas.labelconfig import LabelConfig
 from schemas.labelset import committed_shards, shard_present
-from schemas.manifest import (clear_stale_commits, read_commit, read_commits,
-                             strip_credentials, write_commit)
+from schemas.manifest import clear_stale_commits, read_commit, strip_credentials, write_commit
 
 log = logging.getLogger("kd.label")
 
@@ -357,53 +354,6 @@ def build(p: beam.Pipeline, job: LabelJob, config: LabelConfig, header: dict, me
     (rejects, infos, counts) | CommitLabelSet(job.out, header)
 
 
-class Progress:
-    """A progress bar fed by the job's commit records (shards, rows, tokens/s, ETA), polled from
-    the driver while the pipeline runs; the total is the input's record count / shard_rows."""
-
-    def __init__(self, job: LabelJob, key: str, enabled: bool = True, every: float = 1.0):
-        self.job, self.key, self.enabled, self.every = job, key, enabled, every
-        self.stop = threading.Event()
-
-    def __enter__(self):
-        if self.enabled:
-            self.thread = threading.Thread(target=self.loop, daemon=True)
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        if self.enabled:
-            self.thread.join()
-
-    def loop(self):
-        from tqdm import tqdm
-        total = math.ceil(count_records(self.job.input) / self.job.shard_rows)
-        before = {r["chunk"] for r in read_commits(self.job.out) if r["cache_key"] == self.key}
-        bar = tqdm(total=total, desc="label", unit="shard", dynamic_ncols=True,
-                   mininterval=self.every)
-        while not self.stop.wait(self.every):
-            new = [r["shard"] for r in read_commits(self.job.out)
-                   if r["cache_key"] == self.key and r["chunk"] not in before]
-            bar.n = len(new)
-            elapsed = bar.format_dict["elapsed"] or 1e-9
-            bar.set_postfix(rows=sum(s["rows"] for s in new),
-                            tok_s=f"{sum(s['tokens'] for s in new) / elapsed:.0f}", refresh=False)
-            bar.refresh()
-        bar.close()
-
-
-def count_records(path: str) -> int:
-    """Records in an input file (JSONL lines or Parquet rows), read cheaply."""
-    import fsspec
-    if records.input_format(path) == "parquet":
-        import pyarrow.parquet as pq
-        with fsspec.open(path, "rb") as f:
-            return pq.ParquetFile(f).metadata.num_rows
-    with fsspec.open(path, "rb", compression="infer") as f:
-        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
-
-
 def label_config(job: LabelJob, mcfg: dict) -> LabelConfig:
     """The label config of a job on a teacher whose config.json is ``mcfg``: built once."""
     cfg = job.teacher
@@ -422,8 +372,9 @@ def label_config(job: LabelJob, mcfg: dict) -> LabelConfig:
                  if cfg.targets != "topk" else None))
 
 
-def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
-    """Run the job; return the summary (counts, shards, rejects by reason)."""
+def run(job: LabelJob, beam_args: list[str], watch=None) -> dict:
+    """Run the job; return the summary (counts, shards, rejects by reason). ``watch(job, key)``,
+    if given, returns a context manager held while the pipeline runs (the CLI's progress bar)."""
     cfg = job.teacher
     mcfg = model_config(cfg.model_dir)
     if job.mode == "text" and job.simplified:
@@ -445,7 +396,7 @@ def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
         # before calling it), so the last chunk's overlapped write would go unlisted
         job = dataclasses.replace(job, read_splits=dask_partitions(beam_args),
                                   overlap_writes=False)
-    with Progress(job, key, enabled=progress):
+    with watch(job, key) if watch else contextlib.nullcontext():
         with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
             build(p, job, config, header, metadata, existing)
     manifest = load_manifest(job.out)
@@ -481,19 +432,3 @@ def summarize(out: str, manifest: Manifest) -> dict:
     return {**manifest.counts, "shards": len(manifest.shards),
             "rejects_path": f"{out}/{manifest.rejects['path']}",
             "rejects_by_reason": dict(sorted(reasons.items())), "cache_key": manifest.cache_key}
-
-
-def format_summary(summary: dict) -> str:
-    lines = [f"rows in        {summary['rows_in']}",
-             f"rows labelled  {summary['rows_labelled']} ({summary.get('rows_reused', 0)} reused "
-             f"from {summary.get('shards_reused', 0)} unchanged shards)",
-             f"rows rejected  {summary['rows_rejected']}",
-             f"tokens         {summary['tokens_labelled']}",
-             f"shards         {summary['shards']}"]
-    for reason, n in summary["rejects_by_reason"].items():
-        lines.append(f"  rejected: {reason:<16} {n}")
-    return "\n".join(lines)
-
-
-def dumps(summary: dict) -> str:
-    return json.dumps(summary, indent=1, sort_keys=True)

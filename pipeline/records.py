@@ -147,3 +147,13 @@ def pair(example_id: str, raws: list[Record], simps: list[Record]) -> list[Examp
     out.append(Example(example_id, raw.prompt, raw.response, simp and simp.prompt,
                        (raw.source, raw.line), simp and (simp.source, simp.line)))
     return out
+
+
+def count_records(path: str) -> int:
+    """Records in an input file (JSONL lines or Parquet rows), read cheaply."""
+    if input_format(path) == "parquet":
+        import pyarrow.parquet as pq
+        with fsspec.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    with fsspec.open(path, "rb", compression="infer") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
