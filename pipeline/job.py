@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import records, sampler
 from pipeline.teacher import (SamplingConfig, TeacherConfig, checkpoint_dtype, context_length,
-                              model_config)
+                              model_config, write_responses)
 from pipeline.tokenize import Tokenized, load_tokenizer, tokenize_example
 from schemas import (Manifest, ShardInfo, load_manifest, teacher_fingerprint,
                      tokenizer_fingerprint, write_manifest)
@@ -74,9 +74,11 @@ def key_by_id(record):
     return record.id, record
 
 
-def pair_views(example_id, views) -> list:
-    """The CoGroupByKey result of one id -> its Example and rejects (``records.pair``)."""
-    return records.pair(example_id, list(views["raw"]), list(views["simplified"]))
+def pair_group(group, mode: str) -> list:
+    """The CoGroupByKey result (id, {view: records}) of one id -> its Example of ``mode`` and
+    rejects (``records.pair``)."""
+    example_id, views = group
+    return records.pair(example_id, list(views["raw"]), list(views["simplified"]), mode)
 
 
 def tagged(value, kind: str):
@@ -120,7 +122,12 @@ class ReadRecords(beam.PTransform):
 
 
 class PairViews(beam.PTransform):
-    """{view: records} -> (examples, rejects): the raw and simplified records joined by id."""
+    """{view: records} -> (examples, rejects): the raw and simplified records joined by id into
+    examples of the job's mode."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
 
     def expand(self, views):
         keyed = {view: pcoll | f"KeyById{view}" >> beam.Map(key_by_id)
@@ -129,7 +136,7 @@ class PairViews(beam.PTransform):
             keyed["simplified"] = keyed["raw"].pipeline | "NoSimplified" >> beam.Create([])
         return (keyed
                 | "JoinById" >> beam.CoGroupByKey()
-                | "Pair" >> beam.FlatMapTuple(pair_views)
+                | "Pair" >> beam.FlatMap(pair_group, self.mode)
                 | "Split" >> SplitRejects())
 
 
@@ -201,14 +208,6 @@ def chunk_key(item: Tokenized, shard_rows: int) -> tuple[str, Tokenized]:
     return f"{source}:{(line - 1) // shard_rows}", item
 
 
-def with_responses(items: list[Tokenized], responses: list[list[int]]) -> list[Tokenized]:
-    """Generate mode: append each generated response to both views of its example."""
-    return [dataclasses.replace(t, raw_ids=t.raw_ids + r,
-                                simplified_ids=None if t.simplified_ids is None
-                                else t.simplified_ids + r)
-            for t, r in zip(items, responses)]
-
-
 class LabelChunkFn(beam.DoFn):
     """Label one chunk with the process-wide teacher and commit it as one shard; in generate mode
     the teacher first writes the chunk's responses.
@@ -220,7 +219,7 @@ class LabelChunkFn(beam.DoFn):
     write fails the bundle."""
 
     def __init__(self, cfg: TeacherConfig, out: str, config: LabelConfig, metadata: dict,
-                 existing: dict, sampling: SamplingConfig | None = None, max_len: int = 0,
+                 existing: dict, sampling: SamplingConfig = SamplingConfig(), max_len: int = 0,
                  overlap: bool = True):
         self.cfg, self.out, self.config, self.metadata = cfg, out, config, metadata
         self.existing = existing  # chunk -> ShardInfo dict, committed earlier with this key
@@ -249,8 +248,8 @@ class LabelChunkFn(beam.DoFn):
             from pipeline.teacher import get_teacher
             self.teacher = get_teacher(self.cfg)
         t0 = time.perf_counter()
-        if self.sampling is not None:
-            items = self.generate(items)
+        if self.config.mode == "generate":
+            items = write_responses(self.cfg, items, self.sampling, self.max_len)
         labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items],
                                     [t.id for t in items])
         yield from self.drain()  # the previous chunk's write ran beside this forward
@@ -287,18 +286,6 @@ class LabelChunkFn(beam.DoFn):
                  info.rows, info.tokens, sum(len(t.raw_ids) for t in items) / dt)
         return {**dataclasses.asdict(info), "reused": False}
 
-    def generate(self, items: list[Tokenized]) -> list[Tokenized]:
-        from pipeline.teacher import get_generator
-        room = [self.max_len - max(len(t.raw_ids), len(t.simplified_ids or [])) for t in items]
-        t0 = time.perf_counter()
-        responses = get_generator(self.cfg).generate(
-            [t.raw_ids for t in items], [t.id for t in items],
-            [min(self.sampling.max_new_tokens, r) for r in room], self.sampling)
-        n = sum(len(r) for r in responses)
-        log.info("generated %d responses, %d tokens, %.0f tokens/s", len(items), n,
-                 n / (time.perf_counter() - t0))
-        return with_responses(items, responses)
-
 
 def commit(gathered, out: str, header: dict) -> dict:
     """The last step, on the one gathered (None, [(kind, value) parts]) group: write the rejects
@@ -327,9 +314,6 @@ def commit_manifest(shard_infos, rejects_info, rows_in, out, header):
     return counts
 
 
-RAW_KIND = {"score": "raw", "text": "text", "generate": "prompt"}  # mode -> the raw input's kind
-
-
 def build(p: beam.Pipeline, job: LabelJob, config: LabelConfig, header: dict, metadata: dict,
           existing: dict) -> None:
     """The job's graph. Only Create, ParDo, Flatten and GroupByKey, no side inputs and no
@@ -337,17 +321,16 @@ def build(p: beam.Pipeline, job: LabelJob, config: LabelConfig, header: dict, me
     cfg = job.teacher
     max_len = cfg.max_model_len or context_length(model_config(cfg.model_dir))
     columns = dict(job.columns)
-    sources = {"Raw": ("raw", job.input, RAW_KIND[job.mode])}
+    sources = {"Raw": ("raw", job.input, records.RAW_KIND[job.mode])}
     if job.simplified:
         sources["Simplified"] = ("simplified", job.simplified, "simplified")
     read = {view: p | f"Read{name}" >> ReadRecords(path, kind, columns, job.read_splits,
                                                      job.shard_rows)
             for name, (view, path, kind) in sources.items()}
-    examples, pair_rejects = {view: ok for view, (ok, _, _) in read.items()} | PairViews()
+    examples, pair_rejects = {view: ok for view, (ok, _, _) in read.items()} | PairViews(job.mode)
     tokenised, token_rejects = examples | Tokenise(cfg, max_len, job.truncate, job.chat_template)
     infos = tokenised | LabelChunks(job.shard_rows, LabelChunkFn(
-        cfg, job.out, config, metadata, existing,
-        job.sampling if job.mode == "generate" else None, max_len, job.overlap_writes))
+        cfg, job.out, config, metadata, existing, job.sampling, max_len, job.overlap_writes))
     rejects = ([rejected for _, rejected, _ in read.values()] + [pair_rejects, token_rejects]
                | "AllRejects" >> beam.Flatten())
     counts = [counted for _, _, counted in read.values()] | "AllCounts" >> beam.Flatten()
