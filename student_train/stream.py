@@ -191,13 +191,18 @@ def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Bat
             for layer, h in arr.hidden.items():
                 hid[layer].append(h[arr.tok_off[r]:arr.tok_off[r + 1]] if arr.hidden_per_token
                                   else h[r][None])
-    return pad_rows(seqs, starts, tk, tl, hid, pad_id)
+    return pad_rows(seqs, starts, tk, tl, hid, pad_id, (si, sc, sw))
 
 
 def pad_rows(seqs: list, starts: list[int], tk: list, tl: list, hid: dict,
-             pad_id: int = 0) -> Batch:
+             pad_id: int = 0, samples: tuple | None = None) -> Batch:
     """Per-row arrays (input ids, first labelled position, (n, k) top-k ids and log-probs, hidden
-    targets per layer) -> one right-padded batch."""
+    targets per layer, and ``samples``: per-row (n, S) sampled ids, counts and log weights, or
+    None for none) -> one right-padded batch."""
+    if samples is None:
+        samples = tuple([np.zeros((len(t), 0), dt) for t in tk]
+                        for dt in (np.int32, np.uint8, np.float32))
+    si, sc, sw = samples
     lengths = np.array([len(s) for s in seqs])
     ids = np.full((len(seqs), lengths.max()), pad_id, dtype=np.int64)
     mask = np.zeros_like(ids)
