@@ -1,7 +1,12 @@
 """The ``kd`` command: ``kd label``, ``kd plan``, ``kd train``, ``kd eval``, ``kd cache``."""
 import argparse
+import contextlib
 import difflib
+import logging
+import os
 import sys
+import tempfile
+import warnings
 
 
 def add_cache_parser(sub) -> None:
@@ -122,6 +127,73 @@ def chosen_parser(ap: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
     return parser
 
 
+def log_path(args) -> str | None:
+    """Where a command's engine and library output goes: a file in its output directory (a local
+    temporary directory for an object-store output); None for commands that do no such work."""
+    name = f"kd-{args.command}.log"
+    if args.command == "label":
+        out = getattr(args, "out", None)
+    elif args.command == "train":
+        out = getattr(args, "out", None)
+    elif args.command == "eval":
+        out = os.path.dirname(os.path.abspath(args.json)) if args.json else None
+    else:
+        return None
+    if not out or "://" in out:
+        return os.path.join(tempfile.gettempdir(), f"kd-{args.command}-{os.getpid()}.log")
+    os.makedirs(out, exist_ok=True)
+    return os.path.join(out, name)
+
+
+@contextlib.contextmanager
+def quiet_output(path: str | None, verbose: bool):
+    """Yield the stream (standard output) for kd's own lines: stages, progress bars, summaries.
+
+    Unless ``verbose``, file descriptors 1 and 2 point at ``path`` meanwhile, so whatever the
+    engine, Beam, torch or transformers write (from Python, C++ or worker processes) lands in
+    the log file, and the terminal shows only kd's lines. The "kd" logger writes to both."""
+    log = logging.getLogger("kd")
+    log.setLevel(logging.DEBUG)
+    log.propagate = False  # importing Beam configures the root logger
+    if path is None or verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        log.handlers = [handler]
+        yield sys.stdout
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    term = os.fdopen(os.dup(1), "w", buffering=1)
+    logfile = open(path, "a", buffering=1)
+    os.dup2(logfile.fileno(), 1)
+    os.dup2(logfile.fileno(), 2)
+    to_term, to_file = logging.StreamHandler(term), logging.StreamHandler(logfile)
+    to_term.setFormatter(logging.Formatter("%(message)s"))
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+    to_term.setLevel(logging.INFO)
+    log.handlers = [to_term, to_file]
+    streams = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = logfile  # Python-level writers too, however sys.stdout was set up
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = lambda msg, cat, fn, ln, file=None, line=None: logfile.write(
+                warnings.formatwarning(msg, cat, fn, ln, line))
+            yield term
+    finally:
+        sys.stdout, sys.stderr = streams
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        log.handlers = []
+        term.close()
+        logfile.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline import cli as label_cli
     from student_train import cli as train_cli
@@ -132,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     label_cli.add_plan_parser(sub)
     train_cli.add_parsers(sub)
     add_cache_parser(sub)
+    for name in ("label", "train", "eval"):
+        sub.choices[name].add_argument(
+            "-v", "--verbose", action="store_true",
+            help="show engine, Beam, torch and transformers output on the terminal (by default "
+                 "it goes to kd-<command>.log in the output directory)")
     args, rest = ap.parse_known_args(argv)
     parser = chosen_parser(ap, args)
     if rest:  # before any work: a misspelt flag must not run with the defaults
@@ -139,7 +216,23 @@ def main(argv: list[str] | None = None) -> int:
         problem = unknown_argument(rest, option_strings(parser), beam)
         if problem:
             parser.exit(2, f"{parser.prog}: error: {problem}\n")
-    return args.func(args, rest) or 0
+    path = log_path(args)
+    error = None
+    with quiet_output(path, getattr(args, "verbose", False)) as term:
+        args.term = term
+        if path and not args.verbose:
+            print(f"engine and library output: {path} (-v to show it here)", file=term)
+        try:
+            return args.func(args, rest) or 0
+        except SystemExit as e:
+            if not isinstance(e.code, str):
+                raise
+            error = e.code  # a message for the user
+        except (ValueError, FileNotFoundError, OSError, TimeoutError) as e:
+            logging.getLogger("kd").debug("failed", exc_info=True)  # the traceback: log file
+            error = f"kd {args.command}: error: {e}" + (f" (details: {path})" if path else "")
+    print(error, file=sys.stderr)  # after the descriptors are back: on the terminal
+    return 1
 
 
 if __name__ == "__main__":

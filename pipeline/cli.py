@@ -1,6 +1,6 @@
 """``kd label``: label a dataset with the teacher and write a label set."""
+import functools
 import json
-import logging
 import math
 import sys
 import threading
@@ -134,16 +134,10 @@ def resolve_config(args) -> None:
 
 
 def main(args, beam_args: list[str]) -> int:
+    term = getattr(args, "term", sys.stdout)  # kd's own lines (kd_cli sends the rest to a log)
     from pipeline import job
     from pipeline.teacher import SamplingConfig, TeacherConfig, model_config, shutdown_all
 
-    log = logging.getLogger("kd")  # our own handler: importing Beam configures the root logger
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
     resolve_config(args)
     n_layers = int(model_config(args.teacher)["num_hidden_layers"])
     try:
@@ -178,12 +172,13 @@ def main(args, beam_args: list[str]) -> int:
             shard_rows=args.shard_rows, truncate=args.too_long == "truncate", mode=args.mode,
             columns=columns, chat_template=args.chat_template, encoding=args.encoding,
             sampling=SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed))
-        summary = job.run(label_job, beam_args, watch=Progress if args.progress else None)
+        summary = job.run(label_job, beam_args,
+                          watch=functools.partial(Progress, file=term) if args.progress else None)
     finally:
         shutdown_all()
     summary["seconds"] = round(time.time() - t0, 2)
-    print(format_summary(summary))
-    print(f"done in {summary['seconds']} s -> {args.out}")
+    print(format_summary(summary), file=term)
+    print(f"label set: {args.out}", file=term)
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             f.write(json.dumps(summary, indent=1, sort_keys=True))
@@ -195,8 +190,8 @@ class Progress:
     tokens/s, ETA), polled from the driver while the pipeline runs (``job.run``'s ``watch``);
     the total is the input's record count / shard_rows."""
 
-    def __init__(self, job, key: str, every: float = 1.0):
-        self.job, self.key, self.every = job, key, every
+    def __init__(self, job, key: str, file=None, every: float = 1.0):
+        self.job, self.key, self.file, self.every = job, key, file, every
         self.stop = threading.Event()
 
     def __enter__(self):
@@ -216,7 +211,7 @@ class Progress:
         total = math.ceil(records.count_records(self.job.input) / self.job.shard_rows)
         before = {r["chunk"] for r in read_commits(self.job.out) if r["cache_key"] == self.key}
         bar = tqdm(total=total, desc="label", unit="shard", dynamic_ncols=True,
-                   mininterval=self.every)
+                   mininterval=self.every, file=self.file)
         while not self.stop.wait(self.every):
             new = [r["shard"] for r in read_commits(self.job.out)
                    if r["cache_key"] == self.key and r["chunk"] not in before]
@@ -229,15 +224,19 @@ class Progress:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"rows in        {summary['rows_in']}",
-             f"rows labelled  {summary['rows_labelled']} ({summary.get('rows_reused', 0)} reused "
-             f"from {summary.get('shards_reused', 0)} unchanged shards)",
-             f"rows rejected  {summary['rows_rejected']}",
-             f"tokens         {summary['tokens_labelled']}",
-             f"shards         {summary['shards']}"]
-    for reason, n in summary["rejects_by_reason"].items():
-        lines.append(f"  rejected: {reason:<16} {n}")
-    return "\n".join(lines)
+    """The run in one line (two with rejects): counts, reuse, tokens and, when timed, speed."""
+    line = (f"labelled {summary['rows_labelled']} of {summary['rows_in']} rows "
+            f"({summary.get('rows_reused', 0)} reused from {summary.get('shards_reused', 0)} "
+            f"unchanged shards), {summary['tokens_labelled']} tokens, {summary['shards']} "
+            f"shards; rejected {summary['rows_rejected']}")
+    if summary.get("seconds"):
+        line += (f"; {summary['seconds']:.1f} s, "
+                 f"{summary['tokens_labelled'] / summary['seconds']:.0f} tokens/s")
+    if summary["rejects_by_reason"]:
+        line += ("\n  rejects by reason: "
+                 + ", ".join(f"{r} {n}" for r, n in summary["rejects_by_reason"].items())
+                 + f" (rows in {summary['rejects_path']})")
+    return line
 
 
 def add_plan_parser(sub) -> None:

@@ -282,7 +282,7 @@ class LabelChunkFn(beam.DoFn):
                                   self.config.encoding)
         write_commit(self.out, info, self.metadata["cache_key"], self.config.to_dict(), chunk)
         dt = time.perf_counter() - t0
-        log.info("committed %s: %d rows, %d labelled tokens, %.0f tokens/s", info.path,
+        log.debug("committed %s: %d rows, %d labelled tokens, %.0f tokens/s", info.path,
                  info.rows, info.tokens, sum(len(t.raw_ids) for t in items) / dt)
         return {**dataclasses.asdict(info), "reused": False}
 

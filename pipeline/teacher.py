@@ -333,8 +333,8 @@ def write_responses(cfg: TeacherConfig, items: list[Tokenized], sampling: Sampli
         [t.raw_ids for t in items], [t.id for t in items],
         [min(sampling.max_new_tokens, r) for r in room], sampling)
     n = sum(len(r) for r in responses)
-    logging.getLogger("kd.label").info("generated %d responses, %d tokens, %.0f tokens/s",
-                                       len(items), n, n / (time.perf_counter() - t0))
+    logging.getLogger("kd.label").debug("generated %d responses, %d tokens, %.0f tokens/s",
+                                        len(items), n, n / (time.perf_counter() - t0))
     return [dataclasses.replace(t, raw_ids=t.raw_ids + r,
                                 simplified_ids=None if t.simplified_ids is None
                                 else t.simplified_ids + r)

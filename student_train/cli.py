@@ -95,11 +95,12 @@ def resolve_config(args):
 def train_main(args, _rest) -> int:
     from student_train.train import train
     cfg = resolve_config(args)
-    result = train(cfg)
+    term = getattr(args, "term", None)  # kd's own lines (kd_cli sends the rest to a log)
+    result = train(cfg, term)
     if result["rank"] == 0:
         print(f"trained {result['steps']} steps in {result['seconds']:.1f} s "
               f"({result['world']} process(es)); last loss {result.get('loss', float('nan')):.4f}"
-              f" -> {cfg.out}")
+              f" -> {cfg.out}", file=term)
     return 0
 
 
@@ -111,7 +112,7 @@ def eval_main(args, _rest) -> int:
         for view in args.views.split(","):
             r = evaluate(path, args.labels, view)
             results.append({**r, "name": name or os.path.basename(path.rstrip("/"))})
-    print(format_table(results))
+    print(format_table(results), file=getattr(args, "term", None))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -186,14 +186,15 @@ class Run:
     last: dict = dataclasses.field(default_factory=dict)  # the last step's metrics
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Set up, run the loop to ``cfg.steps``, write the student."""
-    run = setup(cfg)
+def train(cfg: TrainConfig, term=None) -> dict:
+    """Set up, run the loop to ``cfg.steps``, write the student. ``term``: where kd's own lines
+    and the progress bar go (default standard output / standard error)."""
+    run = setup(cfg, term)
     loop(run)
     return finish(run)
 
 
-def setup(cfg: TrainConfig) -> Run:
+def setup(cfg: TrainConfig, term=None) -> Run:
     """The process group, the label set, the student and optimiser (resumed from the latest
     checkpoint with ``cfg.resume``), the parallel wrapper and the batch stream."""
     rank, world, device = setup_distributed()
@@ -215,7 +216,7 @@ def setup(cfg: TrainConfig) -> Run:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     os.makedirs(cfg.out, exist_ok=True)
-    step, position = resume(cfg, model, opt, ls, rank)
+    step, position = resume(cfg, model, opt, ls, rank, term)
     engine, opt, shadow, shadow_opt = wrap(cfg, model, opt, device, rank, world)
     metrics_path = cfg.metrics_file or os.path.join(cfg.out, "metrics.jsonl")
     if rank == 0:
@@ -230,14 +231,15 @@ def setup(cfg: TrainConfig) -> Run:
         stream = loader(ls, cfg.batch_size, cfg.seed, position, tok.pad_token_id or 0, rank,
                         world, cfg.workers, cfg.shuffle_buffer)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 15, disable=rank != 0)
+               mininterval=0.5 if (term or sys.stderr).isatty() else 15, disable=rank != 0,
+               file=term or sys.stderr)
     t0 = time.time()
     metrics = open(metrics_path, "a", buffering=1) if rank == 0 else None  # line-buffered
     return Run(cfg, rank, world, device, ls, importance, student, model, opt, engine, shadow,
                shadow_opt, stream, metrics_path, metrics, bar, step, position, t0)
 
 
-def resume(cfg: TrainConfig, model: Distiller, opt, ls: LabelSet, rank: int
+def resume(cfg: TrainConfig, model: Distiller, opt, ls: LabelSet, rank: int, term=None
            ) -> tuple[int, tuple[int, int]]:
     """With ``cfg.resume``, load the latest checkpoint into model and optimiser and adopt its
     shard order; -> (step, stream position) to go on from, (0, (0, 0)) for a fresh run."""
@@ -249,7 +251,8 @@ def resume(cfg: TrainConfig, model: Distiller, opt, ls: LabelSet, rank: int
     step, position = state["step"], tuple(state["position"])
     ls.adopt_order(state["shard_order"])
     if rank == 0:
-        print(f"resumed from step {step} (stream epoch {position[0]}, batch {position[1]})")
+        print(f"resumed from step {step} (stream epoch {position[0]}, batch {position[1]})",
+              file=term or sys.stdout)
     return step, position
 
 
