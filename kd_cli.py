@@ -89,7 +89,11 @@ def option_strings(parser: argparse.ArgumentParser) -> list[str]:
 
 def beam_parser() -> argparse.ArgumentParser:
     """A parser of every flag some Beam PipelineOptions class defines (what Beam accepts)."""
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    logging.disable(logging.WARNING)  # Beam's import-time notes (apitools, ...) are not for
+    try:                              # the terminal; they happen before the log file is open
+        from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    finally:
+        logging.disable(logging.NOTSET)
     parser = _BeamArgumentParser(allow_abbrev=False)
     for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
         cls._add_argparse_args(parser)

@@ -195,13 +195,15 @@ def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Bat
 
 
 def pad_rows(seqs: list, starts: list[int], tk: list, tl: list, hid: dict,
-             pad_id: int = 0, samples: tuple | None = None) -> Batch:
+             pad_id: int = 0, samples: tuple[list, list, list] | None = None) -> Batch:
     """Per-row arrays (input ids, first labelled position, (n, k) top-k ids and log-probs, hidden
-    targets per layer, and ``samples``: per-row (n, S) sampled ids, counts and log weights, or
-    None for none) -> one right-padded batch."""
-    if samples is None:
-        samples = tuple([np.zeros((len(t), 0), dt) for t in tk]
-                        for dt in (np.int32, np.uint8, np.float32))
+    targets per layer, and for sampled targets the (n, N) sample ids, counts and log weights)
+    -> one right-padded batch."""
+    if samples is None:  # top-k labels only: empty (n, 0) sample arrays
+        n_pos = [len(t) for t in tk]
+        samples = ([np.zeros((n, 0), np.int32) for n in n_pos],
+                   [np.zeros((n, 0), np.uint8) for n in n_pos],
+                   [np.zeros((n, 0), np.float32) for n in n_pos])
     si, sc, sw = samples
     lengths = np.array([len(s) for s in seqs])
     ids = np.full((len(seqs), lengths.max()), pad_id, dtype=np.int64)
