@@ -16,6 +16,7 @@ import fsspec
 
 FIELDS = {"raw": ("id", "prompt", "response"), "simplified": ("id", "prompt"),
           "text": ("id", "text"), "prompt": ("id", "prompt")}
+RAW_KIND = {"score": "raw", "text": "text", "generate": "prompt"}  # mode -> raw input's kind
 IGNORED = {"prompt": ("response",)}  # generate mode: the teacher writes its own response
 PARQUET_BATCH = 1024
 MAX_RECORD_ECHO = 500
@@ -33,13 +34,16 @@ class Record:
 
 @dataclasses.dataclass
 class Example:
-    """A raw record with its simplified partner (if any), ready to tokenise."""
+    """A raw record with its simplified partner (if any), ready to tokenise. ``mode`` is the
+    job's: score (prompt and response), text (empty prompt, the text as the response) or
+    generate (prompt only, response None: the teacher writes it)."""
     id: str
     prompt: str
-    response: str
+    response: str | None
     simplified_prompt: str | None
     raw_src: tuple[str, int]
     simplified_src: tuple[str, int] | None
+    mode: str = "score"
 
 
 def reject(source: str, line: int, view: str, reason: str, detail: str,
@@ -187,8 +191,10 @@ def parse_record(kind: str, source: str, line_no: int, data, columns: dict | Non
     return Record(view, source, line_no, obj["id"], obj["prompt"], obj.get("response"))
 
 
-def pair(example_id: str, raws: list[Record], simps: list[Record]) -> list[Example | dict]:
-    """Join the raw and simplified records of one id; duplicates and orphans become rejects."""
+def pair(example_id: str, raws: list[Record], simps: list[Record], mode: str = "score"
+         ) -> list[Example | dict]:
+    """Join the raw and simplified records of one id into an Example of ``mode``; duplicates
+    and orphans become rejects."""
     out: list[Example | dict] = []
     for dup in sorted(raws, key=lambda r: (r.source, r.line))[1:]:
         out.append(reject(dup.source, dup.line, "raw", "duplicate_id",
@@ -203,5 +209,15 @@ def pair(example_id: str, raws: list[Record], simps: list[Record]) -> list[Examp
                           f"no raw record with id {example_id!r}", example_id))
         return out
     out.append(Example(example_id, raw.prompt, raw.response, simp and simp.prompt,
-                       (raw.source, raw.line), simp and (simp.source, simp.line)))
+                       (raw.source, raw.line), simp and (simp.source, simp.line), mode))
     return out
+
+
+def count_records(path: str) -> int:
+    """Records in an input file (JSONL lines or Parquet rows), read cheaply."""
+    if input_format(path) == "parquet":
+        import pyarrow.parquet as pq
+        with fsspec.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    with fsspec.open(path, "rb", compression="infer") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))

@@ -21,6 +21,7 @@ from schemas.files import TOKENIZER_DIR, copy_tokenizer
 from schemas.labelconfig import LabelConfig
 from schemas.labelset import ShardArrays, decode_table
 from schemas.manifest import load_committed
+from schemas.rows import predictor
 
 
 class LabelSet:
@@ -210,7 +211,7 @@ def pad_rows(seqs: list, starts: list[int], tk: list, tl: list, hid: dict,
             "sw": np.zeros((len(pos_b), 0), np.float32)}
     si, sc, sw = ([none[k]] if not v else v for k, v in (("si", si), ("sc", sc), ("sw", sw)))
     return Batch(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(pos_b),
-                 torch.from_numpy(pos_p - 1), torch.from_numpy(ids[pos_b, pos_p]),
+                 torch.from_numpy(predictor(pos_p)), torch.from_numpy(ids[pos_b, pos_p]),
                  torch.from_numpy(np.concatenate(tk).astype(np.int64)),
                  torch.from_numpy(np.concatenate(tl)),
                  {layer: torch.from_numpy(np.concatenate(h)) for layer, h in hid.items()},
