@@ -367,7 +367,7 @@ def run(job: LabelJob, beam_args: list[str], watch=None) -> dict:
                           dict(job.columns))
     if job.simplified:
         records.check_columns(job.simplified, "simplified", dict(job.columns))
-        records.check_pairing(job.input, job.simplified, dict(job.columns))
+        records.check_pairing(job.input, job.simplified, dict(job.columns), mode=job.mode)
     t_fp, tok_fp = teacher_fingerprint(cfg.model_dir), tokenizer_fingerprint(cfg.model_dir)
     key = config.cache_key(t_fp, tok_fp)
     header = {"schema_version": config.schema_version, "cache_key": key,

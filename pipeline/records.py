@@ -121,9 +121,10 @@ def check_columns(path: str, kind: str, columns: dict | None = None, sample: int
 
 
 def check_pairing(raw: str, simplified: str, columns: dict | None = None,
-                  sample: int = 20) -> None:
+                  sample: int = 20, mode: str = "score") -> None:
     """Stop before any work when none of the first ``sample`` simplified ids is the id of any raw
-    record (the simplified file belongs to other data, or its ids are in another column)."""
+    record (the simplified file belongs to other data, or its ids are in another column). The
+    raw file is read as the ``mode``'s input kind (generate mode: prompt records)."""
     import itertools
 
     def ids(path, kind, limit=None):
@@ -135,7 +136,7 @@ def check_pairing(raw: str, simplified: str, columns: dict | None = None,
     if not wanted:
         return
     raw_seen = []
-    for rid in ids(raw, "raw"):
+    for rid in ids(raw, RAW_KIND[mode]):
         if rid in wanted:
             return
         if len(raw_seen) < 3:
