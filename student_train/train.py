@@ -1,5 +1,8 @@
 """The training loop: stream batches, lambda*CE + (1-lambda)*T^2*KD [+ hidden], AdamW, checkpoints.
 
+KD targets are the label set's cached top k, or with ``teacher`` the full distribution of a
+teacher run in the loop (student_train/online.py).
+
 Runs as one process or under torchrun (data parallel; gloo on CPU, nccl on GPU): every rank walks
 the same global batches and takes its own slice of each, so per-rank step counts are always
 equal; gradients are averaged with one flat all-reduce per optimiser step.
@@ -17,7 +20,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from schemas.files import copy_tokenizer
-from student_train import checkpoint, losses
+from student_train import checkpoint, losses, online
 from student_train.model import Distiller, load_student
 from student_train.stream import LabelSet, batches, loader
 
@@ -55,6 +58,7 @@ class TrainConfig:
     bf16: bool = False            # autocast the student forward to bfloat16
     chunk_positions: int = 4096   # positions per logits chunk (bounds full-vocab memory)
     metrics_file: str | None = None
+    teacher: str | None = None    # online KD: this teacher model runs in the loop (full vocab)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -162,6 +166,8 @@ def train(cfg: TrainConfig) -> dict:
     model = Distiller(student, ls.hidden_layers if cfg.hidden_weight > 0 else [],
                       ls.hidden_dim, cfg.layer_map, ls.teacher_layers, per_token).to(device)
     model.train()
+    teacher = (online.load_teacher(cfg.teacher, ls.tokenizer_dir(), student).to(device)
+               if cfg.teacher and cfg.lam < 1.0 else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     os.makedirs(cfg.out, exist_ok=True)
     step, position = 0, (0, 0)
@@ -203,6 +209,8 @@ def train(cfg: TrainConfig) -> dict:
             wait += time.perf_counter() - t_wait
             digest.update(batch.input_ids.numpy().tobytes())
             batch, denom = batch.to(device), None
+            if teacher is not None:
+                batch = online.with_teacher(teacher, batch)
             if world > 1:
                 count = torch.tensor(float(batch.targets.numel()), device=device)
                 dist.all_reduce(count)
