@@ -10,6 +10,10 @@
 (d) transformers batched forward + log-softmax + top-k;
 (e) `kd label` end to end (Beam, reading, tokenising, writing shards), with the engine already
     started, and the engine start itself.
+With ``--samples N`` only the cost of sampled targets is measured instead, in one run: (a) the
+ceiling with and without N draws per position (``pipeline.sampler.draw`` on each block of
+log-probs), and (e) `kd label` with --targets topk (k = the first --k), sampled and both,
+interleaved over ``--repeat`` rounds, best of each.
 "wide" is a random Llama (vocab 32k, hidden 1024, 4 layers, head_dim 64) made on the fly.
 Prints JSON lines; docs/BENCHMARKS.md records them with the machine they ran on.
 """
@@ -27,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def wide_model(path: str) -> str:
+def wide_model(path: str, dtype=torch.bfloat16) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
     import shutil
     cfg = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816,
@@ -35,7 +39,7 @@ def wide_model(path: str) -> str:
                       head_dim=64, max_position_embeddings=512, tie_word_embeddings=False,
                       bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
-    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(path)
+    LlamaForCausalLM(cfg).to(dtype).save_pretrained(path)
     for name in ("tokenizer.json", "tokenizer_config.json"):  # ids < 80 tokenise; fine for timing
         shutil.copy(os.path.join(ROOT, "demo", "teacher", name), path)
     return path
@@ -57,6 +61,11 @@ def main() -> None:
     ap.add_argument("--k", default="8,20,64,128")
     ap.add_argument("--seqs", type=int, default=64)
     ap.add_argument("--len", type=int, default=200)
+    ap.add_argument("--shard-rows", type=int, default=0,
+                    help="rows per chunk in (e) (default: --seqs, one shard); with several "
+                         "chunks (e) also runs with the writer stage off, to show the overlap")
+    ap.add_argument("--samples", type=int, default=0, help="measure sampled targets at this N")
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     ks = [int(k) for k in args.k.split(",")]
     tmp = tempfile.mkdtemp()
@@ -100,6 +109,9 @@ def main() -> None:
             h = torch.cat([o.outputs.data for o in outs]).to(lm_head.weight.dtype)
             for i in range(0, len(h), rows):
                 torch.log_softmax(lm_head(h[i:i + rows]).float(), -1).topk(max(ks), dim=-1)
+    if args.samples:
+        return sampled_cost(args, teacher, teacher_dir, prompts, seqs, lm_head, rows, ks[0],
+                            base, rng, tmp, start_s)
     a = timed(ceiling)
     results = [{"bench": "a_ceiling_pool_lmhead_topk", "k": max(ks), "tok_s": n_tok / a}]
     from vllm import LLM
@@ -132,20 +144,27 @@ def main() -> None:
             f.write(json.dumps({"id": f"b{i}", "text": "".join(
                 rng.choice(list("abcdefghij klmnop")) for _ in range(args.len - 2))}) + "\n")
     # summaries: final layer; none; embeddings + middle + final layers with 16-dim projections
-    for hidden, proj in (((n_layers,), 0), ((), 0), ((0, n_layers // 2, n_layers), 16)):
+    shard_rows = args.shard_rows or args.seqs
+    settings = [((n_layers,), 0, True), ((), 0, True), ((0, n_layers // 2, n_layers), 16, True)]
+    if shard_rows < args.seqs:  # the writer stage off, for comparison in the same run
+        settings.insert(1, ((n_layers,), 0, False))
+    for hidden, proj, overlap in settings:
         for k in ks:  # one engine serves every k and every summary setting
             cfg = TeacherConfig(model_dir=teacher_dir, top_k=k, hidden_layers=hidden,
                                 proj_dim=proj, enforce_eager=True, kv_cache_gb=1.0)
             t0 = time.perf_counter()
-            s = job.run(job.LabelJob(cfg, raw, os.path.join(tmp, f"labels-{k}-{hidden}-{proj}"),
-                                     mode="text", shard_rows=args.seqs), [])
+            s = job.run(job.LabelJob(cfg, raw, os.path.join(tmp, f"labels-{k}-{hidden}-{proj}-"
+                                                                 f"{overlap}"),
+                                     mode="text", shard_rows=shard_rows,
+                                     overlap_writes=overlap), [])
             e = time.perf_counter() - t0
             tokens = s["tokens_labelled"] + s["rows_labelled"]  # + each row's first position
             results.append({"bench": "e_kd_label_end_to_end", "k": k, "tok_s": tokens / e,
                             "tok_s_with_engine_start": tokens / (e + start_s),
                             "vs_ceiling": (tokens / e) / (n_tok / a),
                             "engine_start_s": start_s, "hidden_layers": list(hidden),
-                            "proj_dim": proj})
+                            "proj_dim": proj, "shard_rows": shard_rows,
+                            "overlap_writes": overlap})
     # the ceiling again at the end, best of both: a slow spell of a shared machine during the
     # first measurement must not flatter the other roads
     a = min(a, timed(ceiling))
@@ -156,6 +175,64 @@ def main() -> None:
     for r in results:
         print(json.dumps({**base, **r}), flush=True)
     gen.llm_engine.engine_core.shutdown()  # engines share process-wide state: shut down at the end
+    shutdown_all()
+
+
+def sampled_cost(args, teacher, teacher_dir, prompts, seqs, lm_head, rows, k, base, rng, tmp,
+                 start_s) -> None:
+    """The overhead of N draws per position, head-level and end to end, measured in one run."""
+    from pipeline import job, sampler
+    from pipeline.teacher import TeacherConfig, shutdown_all
+    n_tok = sum(len(s) for s in seqs)
+    keys = torch.cat([sampler.position_keys(sampler.example_key(0, f"b{i}"), len(s))
+                      for i, s in enumerate(seqs)])
+
+    def ceiling(draws: bool):
+        teacher.set_aux_layers(())
+        outs = teacher.pool.encode(prompts, pooling_task="token_embed", use_tqdm=False)
+        with torch.no_grad():
+            h = torch.cat([o.outputs.data for o in outs]).to(lm_head.weight.dtype)
+            for i in range(0, len(h), rows):
+                lp = torch.log_softmax(lm_head(h[i:i + rows]).float(), -1)
+                lp.topk(k, dim=-1)
+                if draws:
+                    sampler.draw(lp, keys[i:i + rows], args.samples, consume=True)
+    best = {"ceiling": float("inf"), "ceiling+draws": float("inf")}
+    for _ in range(args.repeat):
+        for name, draws in (("ceiling", False), ("ceiling+draws", True)):
+            best[name] = min(best[name], timed(lambda: ceiling(draws), repeat=1))
+    raw = os.path.join(tmp, "raw.jsonl")
+    with open(raw, "w") as f:
+        for i in range(args.seqs):
+            f.write(json.dumps({"id": f"b{i}", "text": "".join(
+                rng.choice(list("abcdefghij klmnop")) for _ in range(args.len - 2))}) + "\n")
+    n_layers = base["layers"]
+    variants = {"topk": dict(top_k=k),
+                "sampled": dict(top_k=0, targets="sampled", samples=args.samples),
+                "both": dict(top_k=k, targets="both", samples=args.samples)}
+    e2e = {name: float("inf") for name in variants}
+    tokens = 0
+    for r in range(args.repeat + 1):  # round 0 warms every variant up
+        for name, kw in variants.items():
+            cfg = TeacherConfig(model_dir=teacher_dir, hidden_layers=(n_layers,),
+                                enforce_eager=True, kv_cache_gb=1.0, **kw)
+            t0 = time.perf_counter()
+            s = job.run(job.LabelJob(cfg, raw, os.path.join(tmp, f"s-{name}-{r}"), mode="text",
+                                     shard_rows=args.seqs), [])
+            if r:
+                e2e[name] = min(e2e[name], time.perf_counter() - t0)
+            tokens = s["tokens_labelled"] + s["rows_labelled"]
+    out = [{"bench": "a_ceiling_head_draws", "k": k, "samples": args.samples,
+            "tok_s_topk": n_tok / best["ceiling"], "tok_s_topk_draws": n_tok / best["ceiling+draws"],
+            "throughput_ratio": best["ceiling"] / best["ceiling+draws"]}]
+    for name in ("sampled", "both"):
+        out.append({"bench": "e_kd_label_sampled_vs_topk", "targets": name, "k": k,
+                    "samples": args.samples, "tok_s": tokens / e2e[name],
+                    "tok_s_topk": tokens / e2e["topk"],
+                    "throughput_ratio": e2e["topk"] / e2e[name], "repeat": args.repeat,
+                    "engine_start_s": start_s})
+    for r in out:
+        print(json.dumps({**base, **r}), flush=True)
     shutdown_all()
 
 

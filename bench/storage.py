@@ -34,13 +34,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 KS = (20, 50, 64, 128)
+SAMPLE_NS = (4, 12, 32)
+# sampled-target variants measured beside top-k: (name, targets, N, proposal temperature, head k)
+SAMPLED = tuple((f"sampled N={n}", "sampled", n, 1.0, 0) for n in SAMPLE_NS) + (
+    ("sampled N=12 tau=2 (+weights)", "sampled", 12, 2.0, 0),
+    ("both k=20 + N=12 tail", "both", 12, 1.0, 20))
 VARIANTS = {"compact": {"bits": 8, "tau": 2.0}, "compact tau=3": {"bits": 8, "tau": 3.0}}
 DK_RECOMMENDED = {"exact_k": 16, "terms": ("0", "1", "2", "3", "4", "sqrt")}
 DK_BUDGET = {"exact_k": 1, "terms": ("0", "1", "sqrt")}
 
 
 def synthetic_teacher(n: int, vocab: int = 128_000, k: int = 128, ids: str = "zipf",
-                      seed: int = 0, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                      seed: int = 0, batch: int = 256, sampled: tuple = (),
+                      draws: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(n, k) top-k ids and log-probs of a made-up teacher over ``vocab`` tokens.
 
     Per position, logits over the whole vocabulary = a Zipf prior (-log(id + 1): low ids are the
@@ -48,6 +54,9 @@ def synthetic_teacher(n: int, vocab: int = 128_000, k: int = 128, ids: str = "zi
     m ~ U{1..7} context tokens at random ids (B ~ U(10, 22), the j-th one B - j * U(0.3, 3));
     log-softmax over the vocabulary; the k largest, sorted. ``ids="uniform"``: the same, with the
     token ids permuted at random (no frequency order: the worst case for delta-coded ids).
+    ``sampled``: variants of SAMPLED whose draws (``pipeline.sampler.draw`` on the full
+    distribution, as ``kd label --targets sampled|both`` does) go into ``draws[name]`` as
+    padded (n, N) ids, counts, log weights.
     """
     rng = np.random.default_rng(seed)
     prior = (-np.log(np.arange(1, vocab + 1))).astype(np.float32)
@@ -70,20 +79,40 @@ def synthetic_teacher(n: int, vocab: int = 128_000, k: int = 128, ids: str = "zi
         top, top_lp = np.take_along_axis(top, order, 1), np.take_along_axis(top_lp, order, 1)
         out_ids[s:s + b] = top if perm is None else perm[top]
         out_lp[s:s + b] = top_lp
+        for name, _, n_draws, tau, head in sampled:
+            import torch
+            from pipeline import sampler
+            keys = torch.cat([sampler.position_keys(sampler.example_key(seed, f"p{s + i}"), 1)
+                              for i in range(b)])
+            exclude = torch.from_numpy(top[:, :head].astype(np.int64)) if head else None
+            d = sampler.draw(torch.from_numpy(lp), keys, n_draws, tau, exclude)
+            got = d.ids.numpy().astype(np.int32)
+            if perm is not None:
+                got = np.where(got >= 0, perm[np.maximum(got, 0)], -1)
+                order = np.argsort(np.where(got >= 0, got, np.iinfo(np.int32).max), axis=1)
+                got = np.take_along_axis(got, order, 1)
+                d.counts = torch.from_numpy(np.take_along_axis(d.counts.numpy(), order, 1))
+                d.logweights = torch.from_numpy(np.take_along_axis(d.logweights.numpy(), order, 1))
+            draws.setdefault(name, []).append((got, d.counts.numpy().astype(np.uint8),
+                                               d.logweights.numpy()))
+    for name in list(draws or {}):
+        draws[name] = tuple(np.concatenate(parts) for parts in zip(*draws[name]))
     return out_ids, out_lp
 
 
-def items_from(ids: np.ndarray, lp: np.ndarray, seed: int = 0) -> list:
-    """Rows of 32-480 labelled positions (plain text mode: input = BOS + the labelled tokens)."""
-    from schemas.labelset import Labels, Tokenized
+def items_from(ids: np.ndarray, lp: np.ndarray, seed: int = 0, drawn: tuple | None = None) -> list:
+    """Rows of 32-480 labelled positions (plain text mode: input = BOS + the labelled tokens);
+    ``drawn``: padded (T, N) sampled ids, counts, log weights for the same positions."""
+    from schemas.labelset import Labels, SampledLabels, Tokenized
     rng = np.random.default_rng(seed)
     items, start, i = [], 0, 0
     while start < len(ids):
         n = min(int(rng.integers(32, 481)), len(ids) - start)
         tokens = [1] + rng.integers(3, 1000, n).tolist()
+        span = slice(start, start + n)
+        samples = SampledLabels(*(a[span] for a in drawn)) if drawn is not None else None
         items.append((Tokenized(f"ex{i:06d}", tokens, 1, None, None),
-                      Labels(ids[start:start + n], lp[start:start + n],
-                             lp[start:start + n, 0].copy(), {})))
+                      Labels(ids[span], lp[span], lp[span, 0].copy(), {}, {}, samples)))
         start, i = start + n, i + 1
     return items
 
@@ -151,6 +180,36 @@ def measure(plain_table, k: int, source: str) -> list[dict]:
     return rows
 
 
+def measure_sampled(plain_table, name: str, source: str, n: int) -> list[dict]:
+    """Plain and compact shards of a table with sampled targets: bytes per token, distinct ids
+    per position, write and read + decode speed."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from schemas import compact, sampled
+    from schemas.labelset import parquet_bytes
+    tokens = int(pc.sum(pc.list_value_length(plain_table["target_logprob"])).as_py())
+    distinct = int(pc.sum(pc.list_value_length(pc.list_flatten(
+        plain_table["sampled_ids"]))).as_py()) / tokens
+    rows = []
+    for encoding in ("plain", "compact"):
+        def write():
+            t = compact.encode_table(plain_table) if encoding == "compact" else plain_table
+            return parquet_bytes(t)
+        w, data = best_of(write)
+        r, _ = best_of(lambda: sampled.decode(pq.read_table(io.BytesIO(data)), n))
+        rows.append({"source": source, "k": name, "encoding": encoding, "tokens": tokens,
+                     "distinct_ids_per_position": distinct,
+                     "label_B_per_token": compact.label_bytes(data) / tokens,
+                     "file_B_per_token": len(data) / tokens, "kl": "unbiased estimate",
+                     "encode_write_tokens_per_s": tokens / w,
+                     "read_decode_tokens_per_s": tokens / r})
+    return rows
+
+
+def sampled_metadata(targets: str, n: int, tau: float, head: int) -> dict:
+    return {"k": head, "targets": targets, "sampled": {"n": n, "proposal_temperature": tau}}
+
+
 def distillkit_rows(ids: np.ndarray, lp: np.ndarray, k: int, vocab: int, source: str) -> list:
     from schemas import compact
     out = []
@@ -169,7 +228,9 @@ def distillkit_rows(ids: np.ndarray, lp: np.ndarray, k: int, vocab: int, source:
 def synthetic(args) -> list[dict]:
     from schemas.labelset import build_table
     t0 = time.perf_counter()
-    ids, lp = synthetic_teacher(args.positions, args.vocab, max(KS), args.ids, args.seed)
+    draws: dict = {}
+    ids, lp = synthetic_teacher(args.positions, args.vocab, max(KS), args.ids, args.seed,
+                                sampled=SAMPLED, draws=draws)
     p = np.exp(lp.astype(np.float64))
     source = f"synthetic vocab {args.vocab}, ids {args.ids}, {args.positions} positions"
     shape = {"bench": "distributions", "source": source, "seconds": time.perf_counter() - t0,
@@ -183,6 +244,11 @@ def synthetic(args) -> list[dict]:
         table = build_table(items_from(ids[:, :k], lp[:, :k]), k, (), {"k": k})
         results += measure(table, k, source)
         results += distillkit_rows(ids[:, :k], lp[:, :k], k, args.vocab, source)
+    for name, targets, n, tau, head in SAMPLED:
+        meta = sampled_metadata(targets, n, tau, head)
+        table = build_table(items_from(ids[:, :head], lp[:, :max(head, 1)], drawn=draws[name]),
+                            head, (), meta)
+        results += measure_sampled(table, name, source, n)
     return results
 
 
@@ -190,24 +256,31 @@ def real(args) -> list[dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from schemas import load_manifest
+    from schemas.labelconfig import LabelConfig
     m = load_manifest(args.labels)
-    k = int(m.label_config["top_k"])
+    lc = LabelConfig.from_dict(m.label_config)
     table = pa.concat_tables([pq.read_table(f"{args.labels}/{s.path}") for s in m.shards])
-    return measure(table.combine_chunks(), k, f"label set {args.labels} (k={k})")
+    if lc.targets == "topk":
+        return measure(table.combine_chunks(), lc.top_k, f"label set {args.labels} (k={lc.top_k})")
+    name = f"{lc.targets} N={lc.samples}" + (f" + k={lc.top_k}" if lc.top_k else "")
+    return measure_sampled(table.combine_chunks(), name, f"label set {args.labels}", lc.samples)
 
 
 def markdown(results: list[dict]) -> str:
     sources = sorted({r["source"] for r in results if "encoding" in r})
     lines = [f"{src}:" for src in sources] + [
-        "", "| k | encoding | label B/token | file B/token | KL mean | KL p99 | KL max | "
+        "", "| k / targets | encoding | label B/token | file B/token | KL mean | KL p99 | KL max | "
         "write tok/s | read tok/s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "encoding" not in r:
             continue
         cells = [f"{r['label_B_per_token']:.1f}"]
         cells.append(f"{r['file_B_per_token']:.1f}" if "file_B_per_token" in r else "-")
-        cells += [f"{r[key]:.1e}" if key in r else "exact" if "file_B_per_token" in r else "-"
-                  for key in ("kl_mean", "kl_p99", "kl_max")]
+        if r.get("kl") == "unbiased estimate":
+            cells += ["unbiased", f"{r['distinct_ids_per_position']:.1f} ids/pos", "-"]
+        else:
+            cells += [f"{r[key]:.1e}" if key in r else "exact" if "file_B_per_token" in r
+                      else "-" for key in ("kl_mean", "kl_p99", "kl_max")]
         cells += [f"{r[key]:,.0f}" if key in r else "-"
                   for key in ("encode_write_tokens_per_s", "read_decode_tokens_per_s")]
         lines.append(f"| {r['k']} | {r['encoding']} | {' | '.join(cells)} |")

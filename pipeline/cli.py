@@ -1,6 +1,5 @@
 """``kd label``: label a dataset with the teacher and write a label set."""
 import json
-import logging
 import sys
 import time
 
@@ -10,8 +9,9 @@ DESCRIPTION = """Run the teacher (vLLM, in-process) over raw [and simplified] re
 Parquet, any fsspec URL) through
 an Apache Beam pipeline; write Parquet shards, a rejects file and the manifest to --out.
 Arguments not listed here are passed to Beam (e.g. --runner=DirectRunner
---direct_num_workers=2 --direct_running_mode=multi_processing). --config FILE.yaml holds any of
-the options below by their long name (top_k: 20); flags given on the command line override it."""
+--direct_num_workers=2 --direct_running_mode=multi_processing); one that neither kd nor Beam
+knows stops the command before any work. --config FILE.yaml holds any of the options below by
+their long name (top_k: 20); flags given on the command line override it."""
 REQUIRED = ("teacher", "input", "out")
 
 
@@ -33,6 +33,19 @@ def add_parser(sub) -> None:
     ap.add_argument("--chat-template", action="store_true",
                     help="wrap each prompt in the tokenizer's chat template as a user turn")
     ap.add_argument("--top-k", type=int, default=20)
+    smp = ap.add_argument_group("sampled soft labels (schema v2; recorded in the label config)")
+    smp.add_argument("--targets", choices=["topk", "sampled", "both"], default="topk",
+                     help="topk: the k most likely tokens (default); sampled: N draws per "
+                          "position from the teacher's full distribution, stored as distinct ids "
+                          "with counts (an unbiased estimate of the full-vocabulary loss); both: "
+                          "the top k exactly plus N draws from the rest")
+    smp.add_argument("--samples", type=int, default=12, metavar="N",
+                     help="draws per position for sampled targets (1..255)")
+    smp.add_argument("--proposal-temperature", type=float, default=1.0, metavar="TAU",
+                     help="draw from softmax(log p / TAU) and store importance weights p/q "
+                          "(TAU > 1 reaches further into the tail); 1 = the teacher itself")
+    smp.add_argument("--sample-seed", type=int, default=0,
+                     help="draws are seeded from (this, example id, position)")
     ap.add_argument("--dtype", default=None,
                     help="engine dtype (default: the checkpoint's own, e.g. float32)")
     ap.add_argument("--hidden-layers", default="final",
@@ -118,16 +131,10 @@ def resolve_config(args) -> None:
 
 
 def main(args, beam_args: list[str]) -> int:
+    term = getattr(args, "term", sys.stdout)  # kd's own lines (kd_cli sends the rest to a log)
     from pipeline import job
     from pipeline.teacher import SamplingConfig, TeacherConfig, model_config, shutdown_all
 
-    log = logging.getLogger("kd")  # our own handler: importing Beam configures the root logger
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
     resolve_config(args)
     n_layers = int(model_config(args.teacher)["num_hidden_layers"])
     try:
@@ -136,12 +143,24 @@ def main(args, beam_args: list[str]) -> int:
         sys.exit(str(e))
     if args.hidden_proj_dim and not layers:
         sys.exit("--hidden-proj-dim needs --hidden-layers")
-    cfg = TeacherConfig(model_dir=args.teacher, top_k=args.top_k, dtype=args.dtype,
+    if args.targets != "topk" and not 1 <= args.samples <= 255:
+        sys.exit(f"--samples {args.samples}: use 1..255 draws per position")
+    if args.targets != "topk" and not args.proposal_temperature > 0:
+        sys.exit(f"--proposal-temperature {args.proposal_temperature}: must be > 0")
+    if args.targets != "sampled" and args.top_k < 1:
+        sys.exit(f"--top-k {args.top_k}: must be >= 1 with --targets {args.targets}")
+    sampling_args = {}
+    if args.targets != "topk":
+        sampling_args = dict(targets=args.targets, samples=args.samples,
+                             proposal_temperature=args.proposal_temperature,
+                             sample_seed=args.sample_seed)
+    cfg = TeacherConfig(model_dir=args.teacher,
+                        top_k=0 if args.targets == "sampled" else args.top_k, dtype=args.dtype,
                         hidden_layers=layers, proj_dim=args.hidden_proj_dim,
                         proj_seed=args.hidden_proj_seed,
                         max_model_len=args.max_model_len, kv_cache_gb=args.kv_cache_gb,
                         enforce_eager=args.enforce_eager, trust_remote_code=args.trust_remote_code,
-                        engine_args=parse_engine_args(args.engine_arg))
+                        engine_args=parse_engine_args(args.engine_arg), **sampling_args)
     t0 = time.time()
     try:
         columns = tuple(tuple(kv.split("=", 1)) for kv in args.columns.split(",") if kv)
@@ -150,13 +169,56 @@ def main(args, beam_args: list[str]) -> int:
             shard_rows=args.shard_rows, truncate=args.too_long == "truncate", mode=args.mode,
             columns=columns, chat_template=args.chat_template, encoding=args.encoding,
             sampling=SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed))
-        summary = job.run(label_job, beam_args, progress=args.progress)
+        summary = job.run(label_job, beam_args, progress=term if args.progress else None)
     finally:
         shutdown_all()
     summary["seconds"] = round(time.time() - t0, 2)
-    print(job.format_summary(summary))
-    print(f"done in {summary['seconds']} s -> {args.out}")
+    print(job.format_summary(summary), file=term)
+    print(f"label set: {args.out}", file=term)
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             f.write(job.dumps(summary))
+    return 0
+
+
+def add_plan_parser(sub) -> None:
+    ap = sub.add_parser("plan", help="what a kd label run will cost, before running it",
+                        description="Count the tokens, the teacher's FLOPs (from its config: "
+                        "dense or MoE, attention and LM head included), device-hours, wall time "
+                        "on N devices, output bytes and shards of a kd label run. GPU figures "
+                        "are estimates from data-sheet peaks and a stated MFU.")
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--input", required=True)
+    ap.add_argument("--simplified")
+    ap.add_argument("--columns", default="")
+    ap.add_argument("--top-k", type=int, default=20)
+    ap.add_argument("--encoding", choices=["plain", "compact"], default="plain")
+    ap.add_argument("--hidden-layers", default="final")
+    ap.add_argument("--hidden-proj-dim", type=int, default=0)
+    ap.add_argument("--shard-rows", type=int, default=512)
+    ap.add_argument("--gpu", choices=["h100", "a100", "l4", "cpu"], default="h100",
+                    help="device kind; cpu: this machine's cores (calibrated)")
+    ap.add_argument("--gpus", type=int, default=1, help="devices (engine processes)")
+    ap.add_argument("--mfu", type=float, default=None,
+                    help="model FLOPs utilisation (default: 0.35 on GPUs, fitted on CPU)")
+    ap.add_argument("--sample", type=int, default=0,
+                    help="tokenise a random sample of about N records (0: every record, exact)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write the plan as JSON to this file")
+    ap.set_defaults(func=plan_main)
+
+
+def plan_main(args, _rest) -> int:
+    from pipeline.plan import format_plan, plan
+    from pipeline.teacher import model_config
+    n_layers = int(model_config(args.teacher)["num_hidden_layers"])
+    layers = parse_layers(args.hidden_layers, n_layers)
+    columns = dict(tuple(kv.split("=", 1)) for kv in args.columns.split(",") if kv)
+    result = plan(args.teacher, args.input, args.simplified, args.top_k, args.encoding,
+                  args.gpu, args.gpus, args.mfu, args.shard_rows, len(layers),
+                  args.hidden_proj_dim, args.sample, args.seed, columns)
+    print(format_plan(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1, sort_keys=True)
     return 0

@@ -20,11 +20,11 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import records
+from pipeline import records, sampler
 from pipeline.teacher import (SamplingConfig, TeacherConfig, checkpoint_dtype, context_length,
                               model_config)
 from pipeline.tokenize import Tokenized, load_tokenizer, tokenize_example
-from schemas import (SCHEMA_VERSION, Manifest, ShardInfo, load_manifest, teacher_fingerprint,
+from schemas import (Manifest, ShardInfo, load_manifest, teacher_fingerprint,
                      tokenizer_fingerprint, write_manifest)
 from schemas.rows import PROJECTION
 from schemas import labelset
@@ -34,7 +34,6 @@ from schemas.labelset import committed_shards, shard_present
 from schemas.manifest import (clear_stale_commits, read_commit, read_commits,
                              strip_credentials, write_commit)
 
-REJECTED = "rejected"
 log = logging.getLogger("kd.label")
 
 
@@ -52,14 +51,27 @@ class LabelJob:
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template
     sampling: SamplingConfig = SamplingConfig()  # generate mode only
     encoding: str = "plain"  # shard encoding: plain (schema v1) or compact (schemas.compact)
+    read_splits: int = 1    # inputs read as this many interleaved splits of whole chunks
+    overlap_writes: bool = True  # write chunk n's shard while the engine labels chunk n + 1
 
 
-def split_rejects(element):
-    """Route a reject dict to the REJECTED output, anything else to the main output."""
-    if isinstance(element, dict):
-        yield beam.pvalue.TaggedOutput(REJECTED, element)
-    else:
-        yield element
+def read_split(split: tuple[int, int, int], path: str, kind: str, columns: dict):
+    """(split, splits, block) -> that split's records of the input."""
+    return records.read_records(path, kind, columns, *split)
+
+
+def is_reject(element) -> bool:
+    return isinstance(element, dict)
+
+
+class SplitRejects(beam.PTransform):
+    """(ok, rejects) of a collection that mixes results and reject dicts, as two filters rather
+    than a multi-output ParDo: Beam's Dask runner hands every consumer of a multi-output ParDo
+    all of its outputs (docs/RUNNERS.md)."""
+
+    def expand(self, pcoll):
+        return (pcoll | "Ok" >> beam.Filter(lambda e: not is_reject(e)),
+                pcoll | "Rejected" >> beam.Filter(is_reject))
 
 
 class TokenizeFn(beam.DoFn):
@@ -72,13 +84,7 @@ class TokenizeFn(beam.DoFn):
         self.tok = load_tokenizer(self.model_dir, self.trust)
 
     def process(self, ex):
-        yield from split_rejects_all(tokenize_example(self.tok, ex, self.max_len, self.truncate,
-                                                      self.chat))
-
-
-def split_rejects_all(items):
-    for item in items:
-        yield from split_rejects(item)
+        yield from tokenize_example(self.tok, ex, self.max_len, self.truncate, self.chat)
 
 
 def chunk_key(item: Tokenized, shard_rows: int) -> tuple[str, Tokenized]:
@@ -97,16 +103,27 @@ def with_responses(items: list[Tokenized], responses: list[list[int]]) -> list[T
 
 class LabelChunkFn(beam.DoFn):
     """Label one chunk with the process-wide teacher and commit it as one shard; in generate mode
-    the teacher first writes the chunk's responses."""
+    the teacher first writes the chunk's responses.
+
+    With ``overlap`` the shard of chunk n is encoded, written and committed by a writer thread
+    while the engine labels chunk n + 1: at most one write in flight (bounded memory: two chunks'
+    labels), its info emitted on the next chunk or at the end of the bundle. The commit protocol
+    is unchanged (the same write_shard then write_commit, in that order, in the writer); a failed
+    write fails the bundle."""
 
     def __init__(self, cfg: TeacherConfig, out: str, config: LabelConfig, metadata: dict,
-                 existing: dict, sampling: SamplingConfig | None = None, max_len: int = 0):
+                 existing: dict, sampling: SamplingConfig | None = None, max_len: int = 0,
+                 overlap: bool = True):
         self.cfg, self.out, self.config, self.metadata = cfg, out, config, metadata
         self.existing = existing  # chunk -> ShardInfo dict, committed earlier with this key
-        self.sampling, self.max_len = sampling, max_len
+        self.sampling, self.max_len, self.overlap = sampling, max_len, overlap
 
     def setup(self):
         self.teacher = None  # started on the first chunk that needs labelling
+        self.writer = None   # one writer thread, started with the first overlapped write
+
+    def start_bundle(self):
+        self.pending = None  # the write in flight: a Future of the shard info dict
 
     def process(self, keyed):
         _, items = keyed
@@ -126,15 +143,41 @@ class LabelChunkFn(beam.DoFn):
         t0 = time.perf_counter()
         if self.sampling is not None:
             items = self.generate(items)
-        labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items])
+        labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items],
+                                    [t.id for t in items])
+        yield from self.drain()  # the previous chunk's write ran beside this forward
+        if not self.overlap:
+            yield self.write(chunk, items, labels, t0)
+            return
+        if self.writer is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self.writer = ThreadPoolExecutor(1, thread_name_prefix="kd-shard-writer")
+        self.pending = self.writer.submit(self.write, chunk, items, labels, t0)
+
+    def drain(self):
+        if self.pending is not None:
+            done, self.pending = self.pending, None
+            yield done.result()
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+        for info in self.drain():
+            yield GlobalWindows.windowed_value(info)
+
+    def teardown(self):
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)
+
+    def write(self, chunk: str, items: list[Tokenized], labels: list, t0: float) -> dict:
+        """Encode and write the shard, then its commit record (the commit protocol)."""
         info = labelset.write_shard(self.out, list(zip(items, labels)), self.cfg.top_k,
                                   self.cfg.hidden_layers, self.metadata, chunk,
                                   self.config.encoding)
         write_commit(self.out, info, self.metadata["cache_key"], self.config.to_dict(), chunk)
         dt = time.perf_counter() - t0
-        log.info("committed %s: %d rows, %d labelled tokens, %.0f tokens/s", info.path,
+        log.debug("committed %s: %d rows, %d labelled tokens, %.0f tokens/s", info.path,
                  info.rows, info.tokens, sum(len(t.raw_ids) for t in items) / dt)
-        yield {**dataclasses.asdict(info), "reused": False}
+        return {**dataclasses.asdict(info), "reused": False}
 
     def generate(self, items: list[Tokenized]) -> list[Tokenized]:
         from pipeline.teacher import get_generator
@@ -144,9 +187,18 @@ class LabelChunkFn(beam.DoFn):
             [t.raw_ids for t in items], [t.id for t in items],
             [min(self.sampling.max_new_tokens, r) for r in room], self.sampling)
         n = sum(len(r) for r in responses)
-        log.info("generated %d responses, %d tokens, %.0f tokens/s", len(items), n,
+        log.debug("generated %d responses, %d tokens, %.0f tokens/s", len(items), n,
                  n / (time.perf_counter() - t0))
         return with_responses(items, responses)
+
+
+def commit(parts: list, out: str, header: dict) -> dict:
+    """The last step, on the one gathered list of (kind, value) parts: write the rejects file,
+    then the manifest listing every shard (all shards are durable by then)."""
+    infos = [v for kind, v in parts if kind == "shard"]
+    rejects_info = labelset.write_rejects(out, [v for kind, v in parts if kind == "reject"])
+    rows_in = sum(v for kind, v in parts if kind == "rows_in")
+    return commit_manifest(infos, rejects_info, rows_in, out, header)
 
 
 def commit_manifest(shard_infos, rejects_info, rows_in, out, header):
@@ -168,6 +220,8 @@ def commit_manifest(shard_infos, rejects_info, rows_in, out, header):
 
 def build(p: beam.Pipeline, job: LabelJob, config: LabelConfig, header: dict, metadata: dict,
           existing: dict) -> None:
+    """The job's graph. Only Create, ParDo, Flatten and GroupByKey, no side inputs and no
+    multi-output ParDo, so that every Beam runner here can run it, Dask's included."""
     cfg = job.teacher
     max_len = cfg.max_model_len or context_length(model_config(cfg.model_dir))
     columns = dict(job.columns)
@@ -176,49 +230,55 @@ def build(p: beam.Pipeline, job: LabelJob, config: LabelConfig, header: dict, me
     if job.simplified:
         sources.append(("Simplified", job.simplified, "simplified", "simplified"))
     parsed, counts = {}, []
+    splits = [(i, job.read_splits, job.shard_rows) for i in range(job.read_splits)]
     for name, path, view, kind in sources:
-        lines = (p | f"Read{name}" >> beam.Create([path])
-                 | f"Records{name}" >> beam.FlatMap(records.read_records, kind, columns)
+        lines = (p | f"Read{name}" >> beam.Create(splits)
+                 | f"Records{name}" >> beam.FlatMap(read_split, path, kind, columns)
                  | f"Reshuffle{name}" >> beam.Reshuffle())
-        counts.append(lines | f"Count{name}" >> beam.combiners.Count.Globally())
+        counts.append(lines | f"Count{name}" >> beam.Map(lambda _: ("rows_in", 1)))
         parsed[view] = (lines | f"Parse{name}" >> beam.MapTuple(records.parse_record,
                                                                columns=columns)
-                        | f"Split{name}" >> beam.FlatMap(split_rejects).with_outputs(REJECTED,
-                                                                                   main="ok"))
-    keyed = {view: out.ok | f"KeyById{view}" >> beam.Map(lambda r: (r.id, r))
-             for view, out in parsed.items()}
+                        | f"Split{name}" >> SplitRejects())
+    keyed = {view: ok | f"KeyById{view}" >> beam.Map(lambda r: (r.id, r))
+             for view, (ok, _) in parsed.items()}
     if "simplified" not in keyed:
         keyed["simplified"] = p | "NoSimplified" >> beam.Create([])
-    paired = (keyed | "JoinById" >> beam.CoGroupByKey()
-              | "Pair" >> beam.FlatMapTuple(lambda i, g: records.pair(i, list(g["raw"]),
-                                                                       list(g["simplified"])))
-              | "SplitPair" >> beam.FlatMap(split_rejects).with_outputs(REJECTED, main="ok"))
-    toks = (paired.ok | "Tokenize" >> beam.ParDo(TokenizeFn(cfg.model_dir, max_len,
-                                                            cfg.trust_remote_code, job.truncate,
-                                                            job.chat_template))
-            .with_outputs(REJECTED, main="ok"))
-    infos = (toks.ok
+    paired_ok, paired_rejected = (
+        keyed | "JoinById" >> beam.CoGroupByKey()
+        | "Pair" >> beam.FlatMapTuple(lambda i, g: records.pair(i, list(g["raw"]),
+                                                                 list(g["simplified"])))
+        | "SplitPair" >> SplitRejects())
+    toks_ok, toks_rejected = (
+        paired_ok | "Tokenize" >> beam.ParDo(TokenizeFn(cfg.model_dir, max_len,
+                                                        cfg.trust_remote_code, job.truncate,
+                                                        job.chat_template))
+        | "SplitTokenize" >> SplitRejects())
+    infos = (toks_ok
              | "Chunk" >> beam.Map(chunk_key, job.shard_rows)
              | "GroupChunks" >> beam.GroupByKey()
              | "LabelOrReuse" >> beam.ParDo(LabelChunkFn(
                  cfg, job.out, config, metadata, existing,
-                 job.sampling if job.mode == "generate" else None, max_len)))
-    rejects = ([out[REJECTED] for out in parsed.values()] + [paired[REJECTED], toks[REJECTED]]
+                 job.sampling if job.mode == "generate" else None, max_len,
+                 job.overlap_writes)))
+    rejects = ([rejected for _, rejected in parsed.values()] + [paired_rejected, toks_rejected]
                | "AllRejects" >> beam.Flatten())
-    rejects_info = (rejects | "CollectRejects" >> beam.combiners.ToList()
-                    | "WriteRejects" >> beam.Map(lambda rs: labelset.write_rejects(job.out, rs)))
-    rows_in = (counts | "AllCounts" >> beam.Flatten() | "RowsIn" >> beam.CombineGlobally(sum))
-    (infos | "CollectShards" >> beam.combiners.ToList()
-     | "WriteManifest" >> beam.Map(commit_manifest, beam.pvalue.AsSingleton(rejects_info),
-                                   beam.pvalue.AsSingleton(rows_in), job.out, header))
+    parts = [rejects | "TagRejects" >> beam.Map(lambda r: ("reject", r)),
+             infos | "TagShards" >> beam.Map(lambda s: ("shard", s)),
+             counts | "AllCounts" >> beam.Flatten() | "RowsIn" >> beam.CombinePerKey(sum),
+             p | "NoRows" >> beam.Create([("rows_in", 0)])]  # the commit runs on empty input
+    (parts | "AllParts" >> beam.Flatten()
+     | "OneKey" >> beam.Map(lambda part: (None, part))
+     | "Gather" >> beam.GroupByKey()
+     | "WriteManifest" >> beam.MapTuple(lambda _, ps: commit(list(ps), job.out, header)))
 
 
 class Progress:
     """A progress bar fed by the job's commit records (shards, rows, tokens/s, ETA), polled from
     the driver while the pipeline runs; the total is the input's record count / shard_rows."""
 
-    def __init__(self, job: LabelJob, key: str, enabled: bool = True, every: float = 1.0):
-        self.job, self.key, self.enabled, self.every = job, key, enabled, every
+    def __init__(self, job: LabelJob, key: str, file=None, every: float = 1.0):
+        self.job, self.key, self.file, self.every = job, key, file, every
+        self.enabled = file is not None
         self.stop = threading.Event()
 
     def __enter__(self):
@@ -237,7 +297,7 @@ class Progress:
         total = math.ceil(count_records(self.job.input) / self.job.shard_rows)
         before = {r["chunk"] for r in read_commits(self.job.out) if r["cache_key"] == self.key}
         bar = tqdm(total=total, desc="label", unit="shard", dynamic_ncols=True,
-                   mininterval=self.every)
+                   mininterval=self.every, file=self.file)
         while not self.stop.wait(self.every):
             new = [r["shard"] for r in read_commits(self.job.out)
                    if r["cache_key"] == self.key and r["chunk"] not in before]
@@ -271,11 +331,16 @@ def label_config(job: LabelJob, mcfg: dict) -> LabelConfig:
         views=("raw", "simplified") if job.simplified else ("raw",),
         hidden_proj=({"dim": cfg.proj_dim, "seed": cfg.proj_seed, "matrix": PROJECTION}
                      if cfg.proj_dim else None),
-        sampling=dataclasses.asdict(job.sampling) if job.mode == "generate" else None)
+        sampling=dataclasses.asdict(job.sampling) if job.mode == "generate" else None,
+        targets=cfg.targets,
+        sampled=({"n": cfg.samples, "proposal_temperature": cfg.proposal_temperature,
+                  "seed": cfg.sample_seed, "draws": sampler.SCHEME}
+                 if cfg.targets != "topk" else None))
 
 
-def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
-    """Run the job; return the summary (counts, shards, rejects by reason)."""
+def run(job: LabelJob, beam_args: list[str], progress=None) -> dict:
+    """Run the job; return the summary (counts, shards, rejects by reason). ``progress``: a
+    stream to draw the progress bar on (None: no bar)."""
     cfg = job.teacher
     mcfg = model_config(cfg.model_dir)
     if job.mode == "text" and job.simplified:
@@ -283,7 +348,7 @@ def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
     config = label_config(job, mcfg)
     t_fp, tok_fp = teacher_fingerprint(cfg.model_dir), tokenizer_fingerprint(cfg.model_dir)
     key = config.cache_key(t_fp, tok_fp)
-    header = {"schema_version": SCHEMA_VERSION, "cache_key": key,
+    header = {"schema_version": config.schema_version, "cache_key": key,
               "teacher": {"path": strip_credentials(cfg.model_dir), "fingerprint": t_fp,
                           "dtype": config.dtype},
               "tokenizer_fingerprint": tok_fp, "label_config": config.to_dict()}
@@ -291,13 +356,34 @@ def run(job: LabelJob, beam_args: list[str], progress: bool = False) -> dict:
     copy_tokenizer(cfg.model_dir, f"{job.out.rstrip('/')}/{TOKENIZER_DIR}")
     clear_stale_commits(job.out, key)
     existing = committed_shards(job.out, key)
-    if not any(a.startswith("--runner") for a in beam_args):
-        beam_args = ["--runner=FnApiRunner", *beam_args]
-    with Progress(job, key, enabled=progress):
+    beam_args = runner_args(beam_args)
+    if "--runner=" + DASK_RUNNER in beam_args:
+        # the Dask runner drops what finish_bundle emits (it collects a bundle's outputs
+        # before calling it), so the last chunk's overlapped write would go unlisted
+        job = dataclasses.replace(job, read_splits=dask_partitions(beam_args),
+                                  overlap_writes=False)
+    with Progress(job, key, progress):
         with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
             build(p, job, config, header, metadata, existing)
     manifest = load_manifest(job.out)
     return summarize(job.out, manifest)
+
+
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+
+
+def runner_args(beam_args: list[str]) -> list[str]:
+    """FnApiRunner unless a runner is named; ``DaskRunner`` stands for Beam's Dask runner."""
+    if not any(a.startswith("--runner") for a in beam_args):
+        return ["--runner=FnApiRunner", *beam_args]
+    return [f"--runner={DASK_RUNNER}" if a == "--runner=DaskRunner" else a for a in beam_args]
+
+
+def dask_partitions(beam_args: list[str]) -> int:
+    """On Dask a collection keeps the partitions it was created with (the runner translates
+    Reshuffle to nothing), so the inputs are read as --dask_npartitions splits (default 1)."""
+    from apache_beam.runners.dask.dask_runner import DaskOptions
+    return PipelineOptions(beam_args).view_as(DaskOptions).npartitions or 1
 
 
 def summarize(out: str, manifest: Manifest) -> dict:
@@ -315,15 +401,19 @@ def summarize(out: str, manifest: Manifest) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"rows in        {summary['rows_in']}",
-             f"rows labelled  {summary['rows_labelled']} ({summary.get('rows_reused', 0)} reused "
-             f"from {summary.get('shards_reused', 0)} unchanged shards)",
-             f"rows rejected  {summary['rows_rejected']}",
-             f"tokens         {summary['tokens_labelled']}",
-             f"shards         {summary['shards']}"]
-    for reason, n in summary["rejects_by_reason"].items():
-        lines.append(f"  rejected: {reason:<16} {n}")
-    return "\n".join(lines)
+    """The run in one line (two with rejects): counts, reuse, tokens and, when timed, speed."""
+    line = (f"labelled {summary['rows_labelled']} of {summary['rows_in']} rows "
+            f"({summary.get('rows_reused', 0)} reused from {summary.get('shards_reused', 0)} "
+            f"unchanged shards), {summary['tokens_labelled']} tokens, {summary['shards']} "
+            f"shards; rejected {summary['rows_rejected']}")
+    if summary.get("seconds"):
+        line += (f"; {summary['seconds']:.1f} s, "
+                 f"{summary['tokens_labelled'] / summary['seconds']:.0f} tokens/s")
+    if summary["rejects_by_reason"]:
+        line += ("\n  rejects by reason: "
+                 + ", ".join(f"{r} {n}" for r, n in summary["rejects_by_reason"].items())
+                 + f" (rows in {summary['rejects_path']})")
+    return line
 
 
 def dumps(summary: dict) -> str:

@@ -53,12 +53,18 @@ def input_format(path: str) -> str:
     return "parquet" if name.endswith((".parquet", ".pq")) else "jsonl"
 
 
-def read_records(path: str, kind: str, columns: dict | None = None):
+def read_records(path: str, kind: str, columns: dict | None = None, split: int = 0,
+                 splits: int = 1, block: int = 1):
     """Yield (kind, source, record number, payload) per record of a JSONL or Parquet file.
 
     The payload is the line's bytes (JSONL; decoded by ``parse_record``) or a dict (Parquet,
     only the mapped columns read). Record numbers are 1-based line or row numbers.
+    With ``splits`` > 1, only the records of every ``splits``-th block of ``block`` lines starting
+    at block ``split``: the splits together yield every record once, whole chunks each.
     """
+    def mine(n: int) -> bool:
+        return ((n - 1) // block) % splits == split
+
     if input_format(path) == "parquet":
         import pyarrow.parquet as pq
         names = [(columns or {}).get(k, k) for k in FIELDS[kind]]
@@ -69,11 +75,12 @@ def read_records(path: str, kind: str, columns: dict | None = None):
             for batch in pf.iter_batches(batch_size=PARQUET_BATCH, columns=present):
                 for row in batch.to_pylist():
                     n += 1
-                    yield kind, path, n, row
+                    if mine(n):
+                        yield kind, path, n, row
         return
     with fsspec.open(path, "rb", compression="infer") as f:
         for n, line in enumerate(f, start=1):
-            if line.strip():
+            if line.strip() and mine(n):
                 yield kind, path, n, line
 
 

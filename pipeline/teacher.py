@@ -31,7 +31,7 @@ import threading
 
 import numpy as np
 
-from schemas.labelset import Labels
+from schemas.labelset import Labels, SampledLabels
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the job prints its own progress
@@ -46,6 +46,10 @@ class TeacherConfig:
     top_k: int = 20
     dtype: str | None = None             # None: the checkpoint's own dtype
     hidden_layers: tuple[int, ...] = ()  # transformers hidden_states indices, 0..num_layers
+    targets: str = "topk"                # topk | sampled | both (top-k head + sampled tail)
+    samples: int = 0                     # sampled targets: draws per position
+    proposal_temperature: float = 1.0    # draws from softmax(log p / this), importance-weighted
+    sample_seed: int = 0                 # draws seeded from (this, example id, position)
     proj_dim: int = 0                    # > 0: also every response token's state of each layer,
     proj_seed: int = 0                   # projected to proj_dim by schemas.projection_matrix
     max_model_len: int | None = None
@@ -87,7 +91,9 @@ def load_lm_head(model_dir: str, mcfg: dict) -> "torch.Tensor":  # noqa: F821
 
 def engine_key(cfg: TeacherConfig) -> TeacherConfig:
     """The part of a config that decides the engine (not what is kept of its outputs)."""
-    return dataclasses.replace(cfg, top_k=0, hidden_layers=(), proj_dim=0, proj_seed=0)
+    return dataclasses.replace(cfg, top_k=0, hidden_layers=(), proj_dim=0, proj_seed=0,
+                               targets="topk", samples=0, proposal_temperature=1.0,
+                               sample_seed=0)
 
 
 def engine_kwargs(cfg: TeacherConfig, mcfg: dict, enforce_eager: bool) -> dict:
@@ -166,16 +172,21 @@ class VllmTeacher:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return torch.log_softmax(logits, dim=-1)
 
-    def label(self, seqs: list[list[int]], starts: list[int]) -> list[Labels]:
+    def label(self, seqs: list[list[int]], starts: list[int],
+              ids: list[str] | None = None) -> list[Labels]:
+        """Labels of each sequence's positions ``start..``; ``ids`` (the example ids) seed the
+        sampled targets, one key per (sample_seed, example id, position)."""
         import torch
         from vllm.inputs import TokensPrompt
+        from pipeline import sampler
         from schemas import projection_matrix
         prompts = [TokensPrompt(prompt_token_ids=s) for s in seqs]
         aux = self.intermediate(self.cfg)
         with self.lock:
             self.set_aux_layers(aux)
             outs = self.pool.encode(prompts, pooling_task="token_embed", use_tqdm=False)
-        k, d, cfg = self.cfg.top_k, self.hidden_size, self.cfg
+        cfg, d = self.cfg, self.hidden_size
+        k = 0 if cfg.targets == "sampled" else cfg.top_k
         slot = {self.num_layers: 0, **{layer: i + 1 for i, layer in enumerate(aux)}}
         proj = None
         if cfg.proj_dim:
@@ -185,18 +196,38 @@ class VllmTeacher:
         states = torch.cat([out.outputs.data[start - 1:len(seq) - 1, :d]
                             for seq, start, out in zip(seqs, starts, outs)])
         targets = torch.tensor([t for seq, start in zip(seqs, starts) for t in seq[start:]])
-        top_ids, top_lp, target_lp = [], [], []
+        draws = cfg.targets != "topk"
+        if draws:
+            if ids is None or len(ids) != len(seqs):
+                raise ValueError("sampled targets need the example id of every sequence")
+            keys = torch.cat([sampler.position_keys(sampler.example_key(cfg.sample_seed, i), n)
+                              for i, n in zip(ids, n_resp)])
+        top_ids, top_lp, target_lp, drawn = [], [], [], []
         rows = max(1, LOGITS_BUDGET // self.head.shape[0])  # bound the (rows, V) logits
         with torch.no_grad():
             for i in range(0, len(states), rows):  # all sequences' positions, in blocks
                 lp = self.logprobs(states[i:i + rows])
-                top = lp.topk(k, dim=-1)
-                top_ids.append(top.indices.int().cpu())
-                top_lp.append(top.values.cpu())
+                top = lp.topk(k, dim=-1) if k else None
+                if top is not None:
+                    top_ids.append(top.indices.int().cpu())
+                    top_lp.append(top.values.cpu())
                 target_lp.append(lp.gather(1, targets[i:i + rows, None].to(lp.device))[:, 0].cpu())
+                if draws:
+                    s = sampler.draw(lp, keys[i:i + rows], cfg.samples, cfg.proposal_temperature,
+                                     exclude=top.indices if cfg.targets == "both" else None,
+                                     consume=True)  # lp is not needed after this
+                    drawn.append((s.ids.int().cpu(), s.counts.to(torch.uint8).cpu(),
+                                  s.logweights.cpu()))
         split = np.cumsum(n_resp)[:-1]
-        top_ids = np.split(torch.cat(top_ids).numpy(), split)
-        top_lp = np.split(torch.cat(top_lp).numpy().astype(np.float32, copy=False), split)
+        n_all = len(states)
+        top_ids = np.split(torch.cat(top_ids).numpy() if k else np.zeros((n_all, 0), np.int32),
+                           split)
+        top_lp = np.split(torch.cat(top_lp).numpy().astype(np.float32, copy=False) if k
+                          else np.zeros((n_all, 0), np.float32), split)
+        sampled = [None] * len(seqs)
+        if draws:
+            parts = [np.split(torch.cat(col).numpy(), split) for col in zip(*drawn)]
+            sampled = [SampledLabels(*cols) for cols in zip(*parts)]
         target_lp = np.split(torch.cat(target_lp).numpy().astype(np.float32, copy=False), split)
         result = []
         for i, (seq, start, out) in enumerate(zip(seqs, starts, outs)):
@@ -207,7 +238,8 @@ class VllmTeacher:
                 hidden[layer] = span.mean(0).numpy()
                 if proj is not None:
                     projected[layer] = (span @ proj).numpy()
-            result.append(Labels(top_ids[i], top_lp[i], target_lp[i], hidden, projected))
+            result.append(Labels(top_ids[i], top_lp[i], target_lp[i], hidden, projected,
+                                 sampled[i]))
         return result
 
 @dataclasses.dataclass(frozen=True)

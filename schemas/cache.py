@@ -1,7 +1,11 @@
-"""Listing and inspecting label sets (``kd cache ls`` / ``kd cache inspect``)."""
+"""Listing, inspecting, verifying and cleaning label sets (``kd cache ls|inspect|verify|gc``)."""
+import time
+
 import fsspec
 
-from schemas.manifest import COMMITS_DIR, MANIFEST_NAME, load_committed
+from schemas.files import COMMITS_DIR, MANIFEST_NAME, SHARDS_DIR
+from schemas.manifest import (load_committed, load_manifest,
+                              read_commits)
 from schemas.validate import ShardError, verify_shard
 
 
@@ -60,3 +64,67 @@ def format_ls(rows: list[dict]) -> str:
                      f"{lc.get('top_k', '?'):>4} {r['rows']:>8} {r['tokens']:>9} "
                      f"{r['bytes'] / 1e6:>8.2f}")
     return "\n".join(lines)
+
+
+def referenced_files(label_dir: str) -> set[str]:
+    """Shard paths (relative to the label set) its manifest and commit records refer to."""
+    fs, root = fsspec.core.url_to_fs(label_dir)
+    refs = set()
+    try:
+        m = load_manifest(label_dir)
+        refs.update(s.path for s in m.shards)
+    except FileNotFoundError:
+        pass
+    refs.update(r["shard"]["path"] for r in read_commits(label_dir))
+    return refs
+
+
+def unreferenced_files(root: str, min_age: float = 3600.0) -> list[tuple[str, int]]:
+    """(path, bytes) of every file in the shards/ directory of the label sets under
+    ``root`` that no manifest or commit record refers to (e.g. the second shard of a chunk two
+    concurrent runs both labelled, shards of a superseded cache key), and of temporary files left
+    by killed writers; only files older than ``min_age`` seconds (a running job renames a shard
+    into place before it writes the shard's commit record). Paths as ``fs.rm`` takes them."""
+    fs, _ = fsspec.core.url_to_fs(root)
+    now = time.time()
+    out = []
+    for label_dir in find_label_sets(root):
+        _, base = fsspec.core.url_to_fs(label_dir)
+        refs = referenced_files(label_dir)
+        fs.invalidate_cache(base)
+        for path, info in sorted(fs.find(base, detail=True).items()):
+            rel = path[len(base) + 1:]
+            name = rel.rsplit("/", 1)[-1]
+            temp = name.startswith(".") and "tmp" in name
+            if rel in refs or not (temp or rel.split("/")[0] == SHARDS_DIR):
+                continue
+            try:
+                age = now - fs.modified(path).timestamp()
+            except (NotImplementedError, FileNotFoundError):
+                age = float("inf")
+            if age >= min_age:
+                out.append((path, int(info.get("size") or 0)))
+    return out
+
+
+def remove_files(root: str, paths: list[str]) -> None:
+    fs, _ = fsspec.core.url_to_fs(root)
+    for path in paths:
+        fs.rm(path)
+
+
+def verify_label_set(label_dir: str) -> tuple[int, list[str]]:
+    """Check every shard of a label set (manifest, else commit records) against its sha256 and
+    size; returns (shards checked, problems)."""
+    fs, root = fsspec.core.url_to_fs(label_dir)
+    try:
+        shards = load_committed(label_dir).shards
+    except (FileNotFoundError, ValueError) as e:
+        return 0, [str(e)]
+    problems = []
+    for s in shards:
+        try:
+            verify_shard(fs, f"{root}/{s.path}", s.sha256)
+        except ShardError as e:
+            problems.append(str(e))
+    return len(shards), problems

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from schemas import sampled
 from schemas.rows import META_PREFIX, row_schema
 
 ENCODINGS = ("plain", "compact")
@@ -66,6 +67,8 @@ def compact_schema(plain: pa.Schema, params: dict | None = None) -> pa.Schema:
     for f in plain:
         if f.name == "topk_ids":
             fields += COMPACT_FIELDS
+        elif f.name == "sampled_ids":
+            fields.append(sampled.DELTAS_FIELD)
         elif f.name != "topk_logprobs":
             fields.append(f)
     meta = dict(plain.metadata or {})
@@ -81,6 +84,8 @@ def plain_schema(compact: pa.Schema) -> pa.Schema:
     for f in compact:
         if f.name == "topk_id_deltas":
             fields += [plain.field("topk_ids"), plain.field("topk_logprobs")]
+        elif f.name == "sampled_id_deltas":
+            fields.append(sampled.PLAIN_FIELDS[0])
         elif f.name not in COMPACT_COLUMNS:
             fields.append(f)
     meta = {k: v for k, v in (compact.metadata or {}).items() if k not in (_ENC_KEY, _PARAMS_KEY)}
@@ -183,16 +188,20 @@ def _k_of(table: pa.Table, column: str) -> int:
 
 
 def encode_table(table: pa.Table, bits: int = 8, tau: float = 2.0) -> pa.Table:
-    """A plain (schema v1) label table -> the same labels as a compact table."""
-    k = _k_of(table, "topk_ids")
-    deltas, codes, logmass = encode_topk(_flat2(table["topk_ids"], k),
-                                         _flat2(table["topk_logprobs"], k), bits, tau)
-    positions = pc.list_value_length(table["topk_ids"]).to_numpy()
-    new = {"topk_id_deltas": nested_list(deltas, k, positions),
-           "topk_codes": nested_list(codes, k, positions),
-           "topk_logmass": pa.ListArray.from_arrays(
-               pa.array(np.concatenate([[0], np.cumsum(positions)]).astype(np.int32)),
-               pa.array(logmass))}
+    """A plain label table -> the same labels as a compact table."""
+    new = {}
+    if "topk_ids" in table.column_names:
+        k = _k_of(table, "topk_ids")
+        deltas, codes, logmass = encode_topk(_flat2(table["topk_ids"], k),
+                                             _flat2(table["topk_logprobs"], k), bits, tau)
+        positions = pc.list_value_length(table["topk_ids"]).to_numpy()
+        new = {"topk_id_deltas": nested_list(deltas, k, positions),
+               "topk_codes": nested_list(codes, k, positions),
+               "topk_logmass": pa.ListArray.from_arrays(
+                   pa.array(np.concatenate([[0], np.cumsum(positions)]).astype(np.int32)),
+                   pa.array(logmass))}
+    if "sampled_ids" in table.column_names:
+        new["sampled_id_deltas"] = sampled.delta_column(table["sampled_ids"])
     schema = compact_schema(table.schema, {"bits": bits, "tau": tau})
     return pa.Table.from_arrays([new[f.name] if f.name in new else table[f.name]
                                  for f in schema], schema=schema)
@@ -225,7 +234,11 @@ def compact_topk(table: pa.Table, k: int | None = None) -> tuple[np.ndarray, np.
 
 
 def topk_arrays(table: pa.Table, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(T, k) ids and log-probs of any shard table, dispatching on its ``kd.encoding``."""
+    """(T, k) ids and log-probs of any shard table, dispatching on its ``kd.encoding``; (T, 0)
+    for a table with sampled targets only."""
+    if not {"topk_ids", "topk_id_deltas"} & set(table.column_names):
+        t = len(pc.list_flatten(table["target_logprob"]))
+        return np.zeros((t, 0), np.int32), np.zeros((t, 0), np.float32)
     if encoding_of(table.schema)[0] == "compact":
         return compact_topk(table, k)
     k = _k_of(table, "topk_ids") if k is None else k
@@ -234,17 +247,21 @@ def topk_arrays(table: pa.Table, k: int | None = None) -> tuple[np.ndarray, np.n
 
 def position_column(table: pa.Table) -> str:
     """A column with one list entry per labelled position, in either encoding."""
-    return "topk_id_deltas" if encoding_of(table.schema)[0] == "compact" else "topk_ids"
+    return "target_logprob"
 
 
 def to_plain(table: pa.Table) -> pa.Table:
     """Any shard table -> a plain (schema v1) table with the decoded labels."""
     if encoding_of(table.schema)[0] == "plain":
         return table
-    ids, lp = compact_topk(table)
-    positions = pc.list_value_length(table["topk_id_deltas"]).to_numpy()
-    new = {"topk_ids": nested_list(ids, ids.shape[1], positions),
-           "topk_logprobs": nested_list(lp, ids.shape[1], positions)}
+    new = {}
+    if "topk_id_deltas" in table.column_names:
+        ids, lp = compact_topk(table)
+        positions = pc.list_value_length(table["topk_id_deltas"]).to_numpy()
+        new = {"topk_ids": nested_list(ids, ids.shape[1], positions),
+               "topk_logprobs": nested_list(lp, ids.shape[1], positions)}
+    if "sampled_id_deltas" in table.column_names:
+        new["sampled_ids"] = sampled.delta_column(table["sampled_id_deltas"], inverse=True)
     schema = plain_schema(table.schema)
     return pa.Table.from_arrays([new[f.name] if f.name in new else table[f.name]
                                  for f in schema], schema=schema)
@@ -257,7 +274,8 @@ def parquet_options(schema: pa.Schema) -> dict:
         return {}
     split = {"topk_id_deltas": "list.element.list.element",
              "topk_codes": "list.element.list.element",
-             "topk_logmass": "list.element", "target_logprob": "list.element"}
+             "topk_logmass": "list.element", "target_logprob": "list.element",
+             **sampled.parquet_split_paths(schema)}
     return {"use_dictionary": [_leaf_path(f) for f in schema if f.name not in split],
             "column_encoding": {f"{n}.{leaf}": "BYTE_STREAM_SPLIT" for n, leaf in split.items()}}
 
@@ -289,9 +307,11 @@ def topk_kl(ids_a: np.ndarray, lp_a: np.ndarray, ids_b: np.ndarray,
 
 
 def label_bytes(data: bytes) -> int:
-    """Compressed bytes of a shard's label columns (``topk_*`` and ``target_logprob``), from the
+    """Compressed bytes of a shard's label columns (``topk_*``, ``sampled_*`` and
+    ``target_logprob``), from the
     Parquet footer of the shard file's bytes: what the storage figures count."""
     md = pq.ParquetFile(io.BytesIO(data)).metadata
     return sum(md.row_group(g).column(c).total_compressed_size
                for g in range(md.num_row_groups) for c in range(md.num_columns)
-               if md.row_group(g).column(c).path_in_schema.startswith(("topk_", "target_")))
+               if md.row_group(g).column(c).path_in_schema.startswith(
+                   ("topk_", "target_", "sampled_")))

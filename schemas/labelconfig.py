@@ -7,6 +7,7 @@ key and the shards' file metadata all derive from it, and the trainer reads it b
 import dataclasses
 
 from schemas.fingerprint import cache_key
+from schemas.rows import schema_version
 
 MODES = ("score", "text", "generate")
 
@@ -29,17 +30,39 @@ class LabelConfig:
     views: tuple[str, ...] = ("raw",)
     hidden_proj: dict | None = None  # {"dim", "seed", "matrix"}: per-token projections
     sampling: dict | None = None     # generate mode: the sampling parameters
+    targets: str = "topk"            # soft labels: topk | sampled | both (schema v2)
+    sampled: dict | None = None      # sampled targets: {"n", "proposal_temperature", "seed",
+    #                                  "draws"}; top_k is 0 with targets = sampled
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown label mode {self.mode!r}: use one of {MODES}")
+        schema_version(self.targets)  # a known targets value
+        if (self.targets != "topk") != (self.sampled is not None):
+            raise ValueError("label config: 'sampled' parameters go with targets sampled|both")
+
+    @property
+    def schema_version(self) -> int:
+        return schema_version(self.targets)
+
+    @property
+    def samples(self) -> int:
+        """Draws per position (0 without sampled targets)."""
+        return int(self.sampled["n"]) if self.sampled else 0
+
+    @property
+    def proposal_temperature(self) -> float:
+        return float(self.sampled["proposal_temperature"]) if self.sampled else 1.0
 
     def to_dict(self) -> dict:
-        """The recorded form (manifest, commit records, cache key): optional parts only when set."""
+        """The recorded form (manifest, commit records, cache key): optional parts only when set
+        (top-k label sets record no ``targets``, so their cache keys are those of before)."""
         d = dataclasses.asdict(self)
         d["hidden_layers"], d["views"] = list(self.hidden_layers), list(self.views)
+        if self.targets == "topk":
+            del d["targets"]
         return {k: v for k, v in d.items()
-                if v is not None or k not in ("hidden_proj", "sampling")}
+                if v is not None or k not in ("hidden_proj", "sampling", "sampled")}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LabelConfig":
@@ -60,4 +83,6 @@ class LabelConfig:
         """The ``kd.*`` file metadata of every shard."""
         return {"teacher_fingerprint": teacher_fp, "tokenizer_fingerprint": tokenizer_fp,
                 "k": self.top_k, "label_mode": self.mode, "dtype": self.dtype,
-                "cache_key": self.cache_key(teacher_fp, tokenizer_fp)}
+                "cache_key": self.cache_key(teacher_fp, tokenizer_fp),
+                **({"targets": self.targets, "sampled": self.sampled}
+                   if self.targets != "topk" else {})}

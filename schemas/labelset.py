@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from schemas import compact
+from schemas import compact, sampled
 from schemas.files import REJECTS_PATH, SHARDS_DIR, write_atomic
 from schemas.manifest import ShardInfo, load_manifest, read_commits
 from schemas.rows import REJECT_SCHEMA, hidden_column, proj_column, row_schema
@@ -47,6 +47,15 @@ class Labels:
     target_logprob: np.ndarray   # (n,) float32
     hidden: dict                 # layer -> (d,) float32 mean over the response span
     proj: dict = dataclasses.field(default_factory=dict)  # layer -> (n, r) float32 projections
+    samples: "SampledLabels | None" = None  # sampled targets (--targets sampled|both)
+
+
+@dataclasses.dataclass
+class SampledLabels:
+    """Per response token, the distinct drawn ids ascending, padded to N with id -1, count 0."""
+    ids: np.ndarray          # (n, N) int32
+    counts: np.ndarray       # (n, N) uint8, summing to N per position
+    logweights: np.ndarray   # (n, N) float32, log(p / q) of each id (0 when q = p)
 
 
 # ---- names -------------------------------------------------------------------------------------
@@ -81,8 +90,10 @@ def build_table(items: list[tuple[Tokenized, Labels]], k: int, hidden_layers: tu
                 metadata: dict, encoding: str = "plain") -> pa.Table:
     """One raw row per example, plus a simplified row carrying the same labels when present.
 
-    ``encoding``: "plain" (schema v1 as is) or "compact"
-    (``schemas.compact``).
+    ``encoding``: "plain" (the row schema as is) or "compact" (``schemas.compact``).
+    ``metadata["targets"]`` (absent: ``topk``) picks the soft-label columns: ``sampled`` /
+    ``both`` add the ``sampled_*`` columns of ``schemas.sampled`` (``sampled_logweights`` when
+    ``metadata["sampled"]["proposal_temperature"] != 1``), ``sampled`` drops ``topk_*``.
     """
     if encoding not in compact.ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}: use one of {compact.ENCODINGS}")
@@ -91,22 +102,31 @@ def build_table(items: list[tuple[Tokenized, Labels]], k: int, hidden_layers: tu
         rows.append((tok.id, "raw", tok.raw_ids, tok.raw_start, lab))
         if tok.simplified_ids is not None:
             rows.append((tok.id, "simplified", tok.simplified_ids, tok.simplified_start, lab))
+    targets = metadata.get("targets", "topk")
+    weights = targets != "topk" and metadata["sampled"]["proposal_temperature"] != 1.0
     cols = {
         "example_id": pa.array([r[0] for r in rows], pa.string()),
         "view": pa.array([r[1] for r in rows], pa.string()),
         "input_ids": _list([np.asarray(r[2]) for r in rows], np.int32),
         "label_start": pa.array([r[3] for r in rows], pa.int32()),
-        "topk_ids": _list_of_lists([r[4].topk_ids for r in rows], k, np.int32),
-        "topk_logprobs": _list_of_lists([r[4].topk_logprobs for r in rows], k, np.float32),
         "target_logprob": _list([r[4].target_logprob for r in rows], np.float32),
     }
+    if targets != "sampled":
+        cols["topk_ids"] = _list_of_lists([r[4].topk_ids for r in rows], k, np.int32)
+        cols["topk_logprobs"] = _list_of_lists([r[4].topk_logprobs for r in rows], k, np.float32)
+    if targets != "topk":
+        cols.update(sampled.encode(
+            np.concatenate([r[4].samples.ids for r in rows]),
+            np.concatenate([r[4].samples.counts for r in rows]),
+            np.concatenate([r[4].samples.logweights for r in rows]) if weights else None,
+            np.array([len(r[4].target_logprob) for r in rows])))
     for layer in hidden_layers:
         cols[hidden_column(layer)] = _list([r[4].hidden[layer] for r in rows], np.float32)
     proj_layers = tuple(sorted(rows[0][4].proj)) if rows else ()
     for layer in proj_layers:
         proj = [r[4].proj[layer] for r in rows]
         cols[proj_column(layer)] = _list_of_lists(proj, proj[0].shape[1], np.float32)
-    schema = row_schema(hidden_layers, metadata, proj_layers)
+    schema = row_schema(hidden_layers, metadata, proj_layers, targets, weights)
     table = pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
     return compact.encode_table(table) if encoding == "compact" else table
 
@@ -170,6 +190,9 @@ class ShardArrays:
     tok_off: np.ndarray       # (R+1,) offsets into the T axis
     hidden: dict              # teacher layer -> (R, d) summaries, or (T, r) per-token projections
     hidden_per_token: bool = False
+    sample_ids: np.ndarray | None = None      # (T, N) sampled targets: distinct ids, -1 padding
+    sample_counts: np.ndarray | None = None   # (T, N) draws per id, 0 padding
+    sample_logw: np.ndarray | None = None     # (T, N) log importance weights (None: all 0)
 
 
 def _offsets(col: pa.ChunkedArray) -> np.ndarray:
@@ -177,9 +200,10 @@ def _offsets(col: pa.ChunkedArray) -> np.ndarray:
 
 
 def decode_table(table: pa.Table, k: int, hidden_layers: list[int],
-                 per_token: bool = False) -> ShardArrays:
+                 per_token: bool = False, samples: int = 0) -> ShardArrays:
     """A shard table (plain or compact, by its ``kd.encoding``) -> flat arrays. ``per_token``:
-    hidden targets are the per-token projections ``hidden_proj_l<L>`` instead of the means."""
+    hidden targets are the per-token projections ``hidden_proj_l<L>`` instead of the means;
+    ``samples``: N of a label set with sampled targets (0: none)."""
     flat_ids = pc.list_flatten(table["input_ids"]).to_numpy()
     tk, tl = compact.topk_arrays(table, k)
     if per_token:
@@ -192,7 +216,8 @@ def decode_table(table: pa.Table, k: int, hidden_layers: list[int],
                        table["example_id"].to_numpy(zero_copy_only=False), flat_ids,
                        _offsets(table["input_ids"]), table["label_start"].to_numpy(),
                        tk, tl, _offsets(table[compact.position_column(table)]), hidden,
-                       per_token)
+                       per_token, *(sampled.decode(table, samples) if samples
+                                    else (None, None, None)))
 
 
 # ---- commit protocol: which shards are in place ------------------------------------------------

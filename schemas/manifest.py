@@ -15,9 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 import fsspec
 
 from schemas.files import COMMITS_DIR, MANIFEST_NAME, write_atomic
-from schemas.rows import SCHEMA_VERSION
+from schemas.rows import FORMATS, check_version, schema_version
 
-FORMAT = "kd-labels"
+FORMAT = FORMATS[1]
 
 
 @dataclasses.dataclass
@@ -43,14 +43,24 @@ class Manifest:
     created_at: float = dataclasses.field(default_factory=time.time)
     format: str = FORMAT
 
+    def __post_init__(self):
+        # the format string names the version, so that readers from before the version check
+        # (which compare the format only) refuse a newer label set instead of misreading it
+        self.format = FORMATS[check_version(self.schema_version, "manifest")]
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
         d = json.loads(text)
-        if d.get("format") != FORMAT:
-            raise ValueError(f"not a kd label manifest (format={d.get('format')!r})")
+        fmt = d.get("format")
+        if not (isinstance(fmt, str) and fmt.startswith(FORMAT)):
+            raise ValueError(f"not a kd label manifest (format={fmt!r})")
+        version = check_version(d.get("schema_version"), f"manifest (format {fmt!r})")
+        if fmt != FORMATS[version]:
+            raise ValueError(f"manifest format {fmt!r} does not match its schema version "
+                             f"{version} ({FORMATS[version]!r})")
         d["shards"] = [ShardInfo(**s) for s in d["shards"]]
         return cls(**d)
 
@@ -88,9 +98,11 @@ def write_commit(label_dir: str, info: ShardInfo, cache_key: str, label_config: 
     stores) after its shard, so a reader sees a record only once its shard is in place.
     """
     writer = f"{socket.gethostname()}:{os.getpid()}"  # which worker committed it
+    version = schema_version(label_config.get("targets", "topk"))
     # one record per input chunk, the last one wins
     write_atomic(label_dir, f"{COMMITS_DIR}/{chunk}.json",
-                 json.dumps({"cache_key": cache_key, "label_config": label_config,
+                 json.dumps({"schema_version": version,
+                             "cache_key": cache_key, "label_config": label_config,
                              "chunk": chunk, "shard": dataclasses.asdict(info),
                              "writer": writer}).encode())
 
@@ -135,7 +147,8 @@ def load_committed(label_dir: str) -> Manifest:
         records = read_commits(label_dir)
         if not records:
             raise FileNotFoundError(f"{label_dir} holds no manifest and no committed shards")
-        return Manifest(schema_version=SCHEMA_VERSION, cache_key=records[0]["cache_key"],
+        version = check_version(records[0].get("schema_version", 1), f"commit records of {label_dir}")
+        return Manifest(schema_version=version, cache_key=records[0]["cache_key"],
                         teacher={}, tokenizer_fingerprint="",
                         label_config=records[0]["label_config"],
                         shards=[ShardInfo(**r["shard"]) for r in records], rejects={},

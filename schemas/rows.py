@@ -15,7 +15,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest version this code writes and reads
+FORMATS = {1: "kd-labels", 2: "kd-labels-v2"}  # the manifest's ``format`` for each version
+TARGETS = ("topk", "sampled", "both")
+
+
+def schema_version(targets: str = "topk") -> int:
+    """Top-k label sets stay version 1, byte for byte; sampled targets (``sampled_*`` columns,
+    ``topk_*`` absent with ``sampled``) are version 2."""
+    if targets not in TARGETS:
+        raise ValueError(f"unknown targets {targets!r}: use one of {TARGETS}")
+    return 1 if targets == "topk" else 2
+
+
+def check_version(version, where: str) -> int:
+    """The schema version of a label set or record, refused clearly when this code cannot read it."""
+    if version not in FORMATS:
+        raise ValueError(f"{where}: label schema version {version!r} is not one this reader knows "
+                         f"(1..{SCHEMA_VERSION}); a newer kd-pipeline wrote it: upgrade to read it")
+    return int(version)
 META_PREFIX = "kd."
 VIEWS = ("raw", "simplified")
 
@@ -41,16 +59,25 @@ def projection_matrix(d: int, r: int, seed: int) -> np.ndarray:
 
 
 def row_schema(hidden_layers: tuple[int, ...] = (), metadata: dict | None = None,
-               proj_layers: tuple[int, ...] = ()) -> pa.Schema:
+               proj_layers: tuple[int, ...] = (), targets: str = "topk",
+               sample_weights: bool = False) -> pa.Schema:
+    """The plain row schema. ``targets``: which soft labels the rows carry (``sampled``: no
+    ``topk_*`` columns; ``sampled``/``both``: the ``sampled_*`` columns of schemas.sampled,
+    with ``sampled_logweights`` when ``sample_weights``)."""
+    from schemas import sampled
+    schema_version(targets)
     fields = [
         pa.field("example_id", pa.string(), nullable=False),
         pa.field("view", pa.string(), nullable=False),
         pa.field("input_ids", pa.list_(pa.int32()), nullable=False),
         pa.field("label_start", pa.int32(), nullable=False),
-        pa.field("topk_ids", pa.list_(pa.list_(pa.int32())), nullable=False),
-        pa.field("topk_logprobs", pa.list_(pa.list_(pa.float32())), nullable=False),
-        pa.field("target_logprob", pa.list_(pa.float32()), nullable=False),
     ]
+    if targets != "sampled":
+        fields += [pa.field("topk_ids", pa.list_(pa.list_(pa.int32())), nullable=False),
+                   pa.field("topk_logprobs", pa.list_(pa.list_(pa.float32())), nullable=False)]
+    fields.append(pa.field("target_logprob", pa.list_(pa.float32()), nullable=False))
+    if targets != "topk":
+        fields += sampled.fields(sample_weights)
     fields += [pa.field(hidden_column(layer), pa.list_(pa.float32()), nullable=False)
                for layer in hidden_layers]
     fields += [pa.field(proj_column(layer), pa.list_(pa.list_(pa.float32())), nullable=False)
@@ -73,8 +100,10 @@ REJECT_SCHEMA = pa.schema([
 
 
 def encode_metadata(meta: dict) -> dict[bytes, bytes]:
-    """File key-value metadata: every value JSON-encoded under a ``kd.`` key."""
-    out = {f"{META_PREFIX}schema_version".encode(): str(SCHEMA_VERSION).encode()}
+    """File key-value metadata: every value JSON-encoded under a ``kd.`` key; the schema
+    version follows ``meta["targets"]`` (absent: top-k, version 1)."""
+    version = schema_version(meta.get("targets", "topk"))
+    out = {f"{META_PREFIX}schema_version".encode(): str(version).encode()}
     for key, value in meta.items():
         out[f"{META_PREFIX}{key}".encode()] = json.dumps(value, sort_keys=True).encode()
     return out

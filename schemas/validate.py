@@ -5,7 +5,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas import compact
+from schemas import compact, sampled
 from schemas.rows import VIEWS, proj_column, row_schema
 
 
@@ -30,9 +30,10 @@ def verify_shard(fs, path: str, sha256: str) -> None:
         raise ShardError(f"shard {path} is corrupted: sha256 {got} != manifest {sha256}")
 
 
-def validate_table(table: pa.Table, top_k: int) -> None:
-    """Raise ShardError unless ``table`` is a well-formed schema-v1 label table (a compact one:
-    unless it decodes to one)."""
+def validate_table(table: pa.Table, top_k: int, samples: int | None = None) -> None:
+    """Raise ShardError unless ``table`` is a well-formed label table (a compact one: unless it
+    decodes to one). Its targets follow from its columns; ``samples``: the expected draws per
+    position of sampled targets (None: whatever the first position holds)."""
     try:
         table = compact.to_plain(table)
     except ValueError as e:
@@ -40,7 +41,10 @@ def validate_table(table: pa.Table, top_k: int) -> None:
     def layers(prefix):
         return tuple(int(n[len(prefix):]) for n in table.column_names if n.startswith(prefix))
     proj = layers("hidden_proj_l")
-    expected = row_schema(layers("hidden_mean_l"), proj_layers=proj)
+    has_topk, has_sampled = "topk_ids" in table.column_names, "sampled_ids" in table.column_names
+    targets = ("both" if has_topk else "sampled") if has_sampled else "topk"
+    expected = row_schema(layers("hidden_mean_l"), proj_layers=proj, targets=targets,
+                          sample_weights="sampled_logweights" in table.column_names)
     if not table.schema.remove_metadata().equals(expected):
         raise ShardError(f"schema mismatch:\n{table.schema.remove_metadata()}\n"
                          f"expected\n{expected}")
@@ -49,14 +53,33 @@ def validate_table(table: pa.Table, top_k: int) -> None:
         raise ShardError("view must be 'raw' or 'simplified'")
     n_ids = pc.list_value_length(table["input_ids"]).to_numpy()
     start = table["label_start"].to_numpy()
-    n_resp = pc.list_value_length(table["topk_ids"]).to_numpy()
+    n_resp = pc.list_value_length(table["target_logprob"]).to_numpy()
     if (start < 1).any() or (start + n_resp != n_ids).any():
-        raise ShardError("label_start + len(topk_ids) must equal len(input_ids), label_start >= 1")
-    if not (pc.list_value_length(table["target_logprob"]).to_numpy() == n_resp).all():
-        raise ShardError("target_logprob must have one entry per response token")
+        raise ShardError("label_start + len(target_logprob) must equal len(input_ids), "
+                         "label_start >= 1")
+    for name in ("topk_ids", "sampled_ids"):
+        if name in table.column_names and not (
+                pc.list_value_length(table[name]).to_numpy() == n_resp).all():
+            raise ShardError(f"{name} must have one entry per response token")
     for layer in proj:
         if not (pc.list_value_length(table[proj_column(layer)]).to_numpy() == n_resp).all():
             raise ShardError(f"{proj_column(layer)} must have one entry per response token")
+    if has_sampled:
+        try:
+            n = samples
+            if n is None:
+                counts = pc.list_flatten(table["sampled_counts"])
+                n = int(pc.sum(counts[0]).as_py()) if len(counts) else 1
+            ids, counts, _ = sampled.decode(table, n)
+            sampled.check(ids, counts, n)
+        except ValueError as e:
+            raise ShardError(f"sampled targets: {e}") from None
+        if has_topk and len(ids):
+            head = pc.list_flatten(pc.list_flatten(table["topk_ids"])).to_numpy().reshape(len(ids), -1)
+            if (np.equal(ids[:, :, None], head[:, None, :]) & (counts > 0)[:, :, None]).any():
+                raise ShardError("with both targets the sampled ids lie outside the top k")
+    if not has_topk:
+        return
     inner = pc.list_value_length(pc.list_flatten(table["topk_ids"])).to_numpy()
     if not (inner == top_k).all():
         raise ShardError(f"every position must carry exactly k={top_k} teacher ids")

@@ -52,6 +52,9 @@ def add_parsers(sub) -> None:
     tr.add_argument("--shuffle-buffer", type=int, help="rows in the shuffle buffer (2048)")
     tr.add_argument("--workers", type=int, help="DataLoader worker processes (0 = inline)")
     tr.add_argument("--bf16", action="store_const", const=True, help="bfloat16 autocast")
+    tr.add_argument("--shard-model", action="store_const", const=True,
+                    help="under torchrun: shard parameters, gradients and optimiser state "
+                         "over the ranks (FSDP2) instead of replicating them (DDP)")
     tr.add_argument("--follow", action="store_const", const=True,
                     help="train while the label set is still being written: use shards as they "
                          "are committed, finish the first epoch when the manifest is final")
@@ -97,11 +100,12 @@ def resolve_config(args):
 def train_main(args, _rest) -> int:
     from student_train.train import train
     cfg = resolve_config(args)
-    result = train(cfg)
+    term = getattr(args, "term", None)  # kd's own lines (kd_cli sends the rest to a log)
+    result = train(cfg, term)
     if result["rank"] == 0:
         print(f"trained {result['steps']} steps in {result['seconds']:.1f} s "
               f"({result['world']} process(es)); last loss {result.get('loss', float('nan')):.4f}"
-              f" -> {cfg.out}")
+              f" -> {cfg.out}", file=term)
     return 0
 
 
@@ -113,7 +117,7 @@ def eval_main(args, _rest) -> int:
         for view in args.views.split(","):
             r = evaluate(path, args.labels, view, teacher=args.teacher)
             results.append({**r, "name": name or os.path.basename(path.rstrip("/"))})
-    print(format_table(results))
+    print(format_table(results), file=getattr(args, "term", None))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -41,6 +41,10 @@ def evaluate(student_dir: str, labels: str, view: str, batch_size: int = 64,
     """With ``teacher`` (a model directory), KL and agreement are against that teacher's full
     distribution computed here (exact KL) instead of the label set's cached top k."""
     ls = LabelSet(labels, views=(view,))
+    if ls.targets == "sampled" and not teacher:
+        raise ValueError(f"{labels} holds sampled targets only: kd eval compares with the "
+                         "teacher's top k (KL, top-1 agreement); label the held-out set with "
+                         "--targets topk or both, or give --teacher")
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     model = Distiller(student, [], None).eval()
     online_teacher = online.load_teacher(teacher, ls.tokenizer_dir(), student) if teacher else None

@@ -1,4 +1,4 @@
-"""Distillation losses as pure functions over a sparse top-k teacher.
+"""Distillation losses as pure functions over a sparse teacher: top-k and/or sampled targets.
 
 Shapes: N positions, V vocabulary, k teacher ids per position.
 - ``topk_ids`` (N, k) int64 and ``topk_logprobs`` (N, k): the teacher's k most likely tokens and
@@ -99,6 +99,70 @@ def sparse_kd_loss(logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: 
     lp = teacher_logprobs(topk_logprobs, logits.shape[-1], temperature, tail)
     lq = student_logprobs(logits, topk_ids, temperature, tail)
     return DIVERGENCES[divergence](lp, lq, beta=beta, alpha=alpha)
+
+
+TARGETS = ("topk", "sampled", "both")
+
+
+def check_sampled(targets: str, divergence: str, temperature: float,
+                  proposal_temperature: float = 1.0) -> None:
+    """Refuse, with the reason, what sampled targets cannot estimate.
+
+    Samples give expectations under the teacher of functions known at the drawn tokens. The
+    forward KL / cross-entropy to the teacher is such an expectation (E_p[-log q]); reverse KL,
+    JSD, skew KL and TVD need the teacher's probability of tokens the student puts mass on, or a
+    sum over the whole vocabulary of functions of p, which the samples do not carry. Temperature:
+    the target p^(1/T) / Z_T needs Z_T, known only at T = 1 (importance weights p/q) and at the
+    proposal's own temperature (the draws are from that distribution: weights = counts / N).
+    """
+    if targets not in TARGETS:
+        raise ValueError(f"unknown targets {targets!r}: use one of {TARGETS}")
+    if targets == "topk":
+        return
+    if divergence != "forward_kl":
+        raise ValueError(
+            f"divergence {divergence!r} cannot be estimated from sampled targets: samples "
+            "estimate expectations under the teacher (forward KL / cross-entropy to the teacher), "
+            "while reverse KL, JSD, skew KL and TVD need the teacher's probability of arbitrary "
+            "student tokens; use --divergence forward_kl or a top-k label set")
+    ok = (1.0,) if targets == "both" else (1.0, proposal_temperature)
+    if not any(math.isclose(temperature, t) for t in ok):
+        raise ValueError(
+            f"temperature {temperature} with {targets!r} targets drawn at proposal temperature "
+            f"{proposal_temperature}: the tempered teacher's normaliser is unknown from samples; "
+            f"use --temperature {' or '.join(str(t) for t in sorted(set(ok)))}")
+
+
+def sample_weights(counts: torch.Tensor, logweights: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, S) draw counts [and log importance weights] -> per-id weights of the estimator
+    E_p[f] ~= sum_i w_i f(x_i): counts / draws, times p/q when the proposal was not p."""
+    c = counts.float()
+    w = c / c.sum(-1, keepdim=True).clamp(min=1.0)
+    return w if logweights is None else w * logweights.float().exp()
+
+
+def sampled_kd_loss(logits: torch.Tensor, sample_ids: torch.Tensor, weights: torch.Tensor,
+                    temperature: float = 1.0, head_ids: torch.Tensor | None = None,
+                    head_logprobs: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-position unbiased estimate of the cross-entropy from the teacher to the student.
+
+    ``sample_ids`` (N, S) drawn ids (padding: any id with weight 0), ``weights`` from
+    ``sample_weights``. Without a head (``--targets sampled``): -sum_i w_i log q_T(x_i), whose
+    expectation is H(p_T, q_T) = KL(p_T || q_T) + H(p_T): the forward KL up to the teacher's
+    entropy, a constant for the student (same gradient). With ``head_ids`` / ``head_logprobs``
+    (``--targets both``, T = 1; the draws then come from the teacher outside its top k): the head
+    terms exactly, sum_h p_h (log p_h - log q_h), plus the tail mass times the sampled tail
+    cross-entropy; its expectation is the forward KL plus the tail's part of the teacher's
+    entropy, -sum_tail p log p.
+    """
+    lq = torch.log_softmax(logits.float() / temperature, dim=-1)
+    ce = -(weights * lq.gather(-1, sample_ids.long().clamp(min=0))).sum(-1)
+    if head_ids is None:
+        return ce
+    lp = head_logprobs.float()
+    head = (lp.exp() * (lp - lq.gather(-1, head_ids.long()))).sum(-1)
+    tail_mass = (1 - lp.exp().sum(-1)).clamp(min=0.0)
+    return head + tail_mass * ce
 
 
 def hidden_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse") -> torch.Tensor:

@@ -51,6 +51,8 @@ class LabelSet:
             self.refresh(follow)
         lc = self.config = LabelConfig.from_dict(self.label_config)
         self.k = lc.top_k
+        self.targets, self.samples = lc.targets, lc.samples
+        self.proposal_temperature = lc.proposal_temperature
         self.hidden_layers = list(lc.hidden_layers)
         self.hidden_dim = lc.hidden_size
         self.teacher_layers = lc.teacher_num_layers
@@ -122,7 +124,7 @@ class LabelSet:
         """Shard i decoded whole, and the indices of its rows in the selected views."""
         if i not in self._cache:
             arrays = decode_table(self._open(i).read(), self.k, self.hidden_layers,
-                                  self.hidden_per_token)
+                                  self.hidden_per_token, self.samples)
             self._cache = {i: (arrays, self._select(arrays))}  # one shard at a time
         return self._cache[i]
 
@@ -131,7 +133,7 @@ class LabelSet:
         pf = self._open(i)
         for g in range(pf.num_row_groups):
             arrays = decode_table(pf.read_row_group(g), self.k, self.hidden_layers,
-                                  self.hidden_per_token)
+                                  self.hidden_per_token, self.samples)
             yield arrays, self._select(arrays)
 
     def tokenizer_dir(self) -> str:
@@ -155,6 +157,9 @@ class Batch:
     topk_ids: torch.Tensor        # (N, k)
     topk_logprobs: torch.Tensor   # (N, k)
     hidden: dict                  # teacher layer -> (B, d) summary, or (N, r) per token
+    sample_ids: torch.Tensor      # (N, S) sampled targets, -1 padding; (N, 0) without
+    sample_counts: torch.Tensor   # (N, S) draws per id, 0 padding
+    sample_logw: torch.Tensor     # (N, S) log importance weights; (N, 0) when all 0
 
     def to(self, device) -> "Batch":
         if device.type == "cpu":
@@ -166,7 +171,7 @@ class Batch:
 
 def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Batch:
     """Rows given as (shard arrays, row indices) -> one padded batch."""
-    seqs, starts, tk, tl = [], [], [], []
+    seqs, starts, tk, tl, si, sc, sw = [], [], [], [], [], [], []
     hid: dict = {layer: [] for layer in parts[0][0].hidden}
     for arr, rows in parts:
         for r in rows:
@@ -174,9 +179,31 @@ def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Bat
             starts.append(int(arr.label_start[r]))
             tk.append(arr.topk_ids[arr.tok_off[r]:arr.tok_off[r + 1]])
             tl.append(arr.topk_lp[arr.tok_off[r]:arr.tok_off[r + 1]])
+            span = slice(arr.tok_off[r], arr.tok_off[r + 1])
+            n_pos = arr.tok_off[r + 1] - arr.tok_off[r]
+            si.append(arr.sample_ids[span] if arr.sample_ids is not None
+                      else np.zeros((n_pos, 0), np.int32))
+            sc.append(arr.sample_counts[span] if arr.sample_counts is not None
+                      else np.zeros((n_pos, 0), np.uint8))
+            sw.append(arr.sample_logw[span] if arr.sample_logw is not None
+                      else np.zeros((n_pos, 0), np.float32))
             for layer, h in arr.hidden.items():
                 hid[layer].append(h[arr.tok_off[r]:arr.tok_off[r + 1]] if arr.hidden_per_token
                                   else h[r][None])
+    return pad_rows(seqs, starts, tk, tl, hid, pad_id, (si, sc, sw))
+
+
+def pad_rows(seqs: list, starts: list[int], tk: list, tl: list, hid: dict,
+             pad_id: int = 0, samples: tuple[list, list, list] | None = None) -> Batch:
+    """Per-row arrays (input ids, first labelled position, (n, k) top-k ids and log-probs, hidden
+    targets per layer, and for sampled targets the (n, N) sample ids, counts and log weights)
+    -> one right-padded batch."""
+    if samples is None:  # top-k labels only: empty (n, 0) sample arrays
+        n_pos = [len(t) for t in tk]
+        samples = ([np.zeros((n, 0), np.int32) for n in n_pos],
+                   [np.zeros((n, 0), np.uint8) for n in n_pos],
+                   [np.zeros((n, 0), np.float32) for n in n_pos])
+    si, sc, sw = samples
     lengths = np.array([len(s) for s in seqs])
     ids = np.full((len(seqs), lengths.max()), pad_id, dtype=np.int64)
     mask = np.zeros_like(ids)
@@ -188,7 +215,10 @@ def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Bat
                  torch.from_numpy(pos_p - 1), torch.from_numpy(ids[pos_b, pos_p]),
                  torch.from_numpy(np.concatenate(tk).astype(np.int64)),
                  torch.from_numpy(np.concatenate(tl)),
-                 {layer: torch.from_numpy(np.concatenate(h)) for layer, h in hid.items()})
+                 {layer: torch.from_numpy(np.concatenate(h)) for layer, h in hid.items()},
+                 torch.from_numpy(np.concatenate(si).astype(np.int64)),
+                 torch.from_numpy(np.concatenate(sc).astype(np.int64)),
+                 torch.from_numpy(np.concatenate(sw)))
 
 
 def growing_shards(ls: LabelSet, sync=None):

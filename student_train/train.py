@@ -5,8 +5,10 @@ teacher run in the loop (student_train/online.py).
 
 Runs as one process or under torchrun (data parallel; gloo on CPU, nccl on GPU): every rank walks
 the same global batches and takes its own slice of each, so per-rank step counts are always
-equal; gradients are averaged with one flat all-reduce per optimiser step.
+equal; torch's DDP averages the gradients once per optimiser step, or FSDP2 shards the model
+(``--shard-model``; student_train/parallel.py).
 """
+import copy
 import dataclasses
 import hashlib
 import json
@@ -20,7 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from schemas.files import copy_tokenizer
-from student_train import checkpoint, losses, online
+from student_train import checkpoint, losses, online, parallel
 from student_train.model import Distiller, load_student
 from student_train.stream import LabelSet, batches, loader
 
@@ -56,6 +58,7 @@ class TrainConfig:
     workers: int = 0              # DataLoader worker processes building batches (0 = inline)
     shuffle_buffer: int = 2048    # rows in the seeded shuffle buffer
     bf16: bool = False            # autocast the student forward to bfloat16
+    shard_model: bool = False     # under torchrun: FSDP2 (sharded) instead of DDP (replicated)
     chunk_positions: int = 4096   # positions per logits chunk (bounds full-vocab memory)
     metrics_file: str | None = None
     teacher: str | None = None    # online KD: this teacher model runs in the loop (full vocab)
@@ -69,8 +72,23 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
+def kd_loss(logits: torch.Tensor, batch, sl: slice, cfg: TrainConfig, targets: str = "topk",
+            importance: bool = False) -> torch.Tensor:
+    """Per-position KD term of positions ``sl`` for the label set's targets: the sparse top-k
+    divergence, or the sampled estimator (``importance``: weight draws by the stored p/q)."""
+    if targets == "topk":
+        return losses.sparse_kd_loss(logits, batch.topk_ids[sl], batch.topk_logprobs[sl],
+                                     cfg.temperature, cfg.divergence, cfg.tail, beta=cfg.beta,
+                                     alpha=cfg.alpha)
+    logw = batch.sample_logw[sl] if importance and batch.sample_logw.shape[1] else None
+    w = losses.sample_weights(batch.sample_counts[sl], logw)
+    head = (batch.topk_ids[sl], batch.topk_logprobs[sl]) if targets == "both" else (None, None)
+    return losses.sampled_kd_loss(logits, batch.sample_ids[sl], w, cfg.temperature, *head)
+
+
 def backward_step(model: Distiller, batch, cfg: TrainConfig, scale: float = 1.0,
-                  denom: float | None = None) -> dict:
+                  denom: float | None = None, engine: torch.nn.Module | None = None,
+                  targets: str = "topk", importance: bool = False) -> dict:
     """Forward + backward of one micro-batch; gradients accumulate, scaled by ``scale``.
 
     Logit losses are summed over positions and divided by ``denom`` (default: this batch's
@@ -78,47 +96,41 @@ def backward_step(model: Distiller, batch, cfg: TrainConfig, scale: float = 1.0,
     gradient equals that of one process seeing the whole global batch).
 
     The LM head and the logit losses run chunk by chunk over the labelled positions, each chunk
-    back-propagated at once into a detached copy of the final hidden states; one backward through
-    the backbone follows. Peak memory holds one (chunk, V) logits tensor, not (N, V).
+    back-propagated at once into detached copies of the final hidden states and of the head's
+    weights; one backward through the model follows, carrying both accumulated gradients. Peak
+    memory holds one (chunk, V) logits tensor, not (N, V), and the model sees exactly one
+    backward per micro-batch, as DDP and FSDP2 (``engine``, the wrapper that runs the forward)
+    expect.
     """
     device_type = batch.input_ids.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        h, summaries = model(batch)
+        h, summaries = (engine or model)(batch)
     n = h.shape[0]
     denom = denom or n
+    head = model.student.get_output_embeddings()  # after the forward: unsharded under FSDP2
+    params = [p for p in (head.weight, head.bias) if p is not None]
+    leaves = [p.detach().requires_grad_(True) for p in params]
     h_leaf = h.detach().requires_grad_(True)
     ce_total = kd_total = 0.0
     for s in range(0, n, cfg.chunk_positions):
         sl = slice(s, s + cfg.chunk_positions)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            logits = model.head(h_leaf[sl])
+            logits = torch.nn.functional.linear(h_leaf[sl], *leaves)
         ce = losses.ce_loss(logits, batch.targets[sl]).sum()
-        kd = (losses.sparse_kd_loss(logits, batch.topk_ids[sl], batch.topk_logprobs[sl],
-                                    cfg.temperature, cfg.divergence, cfg.tail, beta=cfg.beta,
-                                    alpha=cfg.alpha).sum()
+        kd = (kd_loss(logits, batch, sl, cfg, targets, importance).sum()
               if cfg.lam < 1.0 else torch.zeros((), device=logits.device))
         (losses.combined_loss(ce, kd, cfg.lam, cfg.temperature) * (scale / denom)).backward()
         ce_total += ce.item()
         kd_total += kd.item()
     hid = sum((losses.hidden_loss(proj, batch.hidden[t], cfg.hidden_loss).mean()
                for t, proj in summaries.items()), torch.zeros((), device=h.device))
-    ((h * h_leaf.grad).sum() + cfg.hidden_weight * scale * hid).backward()
+    carried = (h * h_leaf.grad).sum() + sum((p * leaf.grad).sum() for p, leaf in
+                                            zip(params, leaves) if leaf.grad is not None)
+    (carried + cfg.hidden_weight * scale * hid).backward()
     ce, kd = ce_total / n, kd_total / n
     return {"loss": float(losses.combined_loss(ce, kd, cfg.lam, cfg.temperature)
                           + cfg.hidden_weight * hid.item()),
             "ce": ce, "kd": kd, "hidden": hid.item(), "tokens": n}
-
-
-def all_reduce_grads(model: torch.nn.Module, world: int) -> None:
-    """Average gradients over ranks in one flat all-reduce."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
 
 
 def truncate_metrics(path: str, step: int) -> None:
@@ -151,7 +163,7 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def train(cfg: TrainConfig) -> dict:
+def train(cfg: TrainConfig, term=None) -> dict:
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed)
     if cfg.hidden_target not in ("mean", "tokens"):
@@ -162,12 +174,17 @@ def train(cfg: TrainConfig) -> dict:
     sync = broadcast_from_rank0 if world > 1 else None
     if sync:
         ls.shards = sync(ls.shards)
+    online_kd = bool(cfg.teacher) and cfg.lam < 1.0
+    targets = "topk" if online_kd else ls.targets  # online: the teacher's full distribution
+    losses.check_sampled(targets, cfg.divergence, cfg.temperature, ls.proposal_temperature)
+    # draws at tau != T = 1 need their weights p/q; at T = tau the draws are the target itself
+    importance = not math.isclose(cfg.temperature, ls.proposal_temperature)
     student, tok = load_student(cfg.student, ls.tokenizer_dir(), cfg.seed)
     model = Distiller(student, ls.hidden_layers if cfg.hidden_weight > 0 else [],
                       ls.hidden_dim, cfg.layer_map, ls.teacher_layers, per_token).to(device)
     model.train()
     teacher = (online.load_teacher(cfg.teacher, ls.tokenizer_dir(), student).to(device)
-               if cfg.teacher and cfg.lam < 1.0 else None)
+               if online_kd else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     os.makedirs(cfg.out, exist_ok=True)
     step, position = 0, (0, 0)
@@ -178,10 +195,22 @@ def train(cfg: TrainConfig) -> dict:
             ls.adopt_order(state["shard_order"])
             if rank == 0:
                 print(f"resumed from step {step} (stream epoch {position[0]}, "
-                      f"batch {position[1]})")
-    if world > 1:  # identical start on every rank
-        for t in list(model.parameters()) + list(model.buffers()):
-            dist.broadcast(t.data, src=0)
+                      f"batch {position[1]})", file=term or sys.stdout)
+    engine, shadow = model, None  # engine: what the forward runs through
+    if world > 1:
+        shard = cfg.shard_model
+        if shard and rank == 0:  # a plain CPU copy for checkpoints and the final model
+            shadow = copy.deepcopy(model).cpu()
+            shadow_opt = torch.optim.AdamW(shadow.parameters(), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        names = [name for name, _ in model.named_parameters()]
+        engine = parallel.wrap(model, device, shard)
+        if shard:  # the optimiser over the shards, with the resumed state if any
+            plain_opt, opt = opt, torch.optim.AdamW(model.parameters(), lr=cfg.lr,
+                                                    weight_decay=cfg.weight_decay)
+            if plain_opt.state:
+                parallel.load_optimizer(model, opt, plain_opt, names)
+            del plain_opt
     metrics_path = cfg.metrics_file or os.path.join(cfg.out, "metrics.jsonl")
     if rank == 0:
         truncate_metrics(metrics_path, step)
@@ -195,7 +224,8 @@ def train(cfg: TrainConfig) -> dict:
         stream = loader(ls, cfg.batch_size, cfg.seed, position, tok.pad_token_id or 0, rank,
                         world, cfg.workers, cfg.shuffle_buffer)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-               mininterval=0.5 if sys.stderr.isatty() else 15, disable=rank != 0)
+               mininterval=0.5 if (term or sys.stderr).isatty() else 15, disable=rank != 0,
+               file=term or sys.stderr)
     t0, last = time.time(), {}
     mf = open(metrics_path, "a", buffering=1) if rank == 0 else None  # line-buffered
     while step < cfg.steps:
@@ -215,10 +245,10 @@ def train(cfg: TrainConfig) -> dict:
                 count = torch.tensor(float(batch.targets.numel()), device=device)
                 dist.all_reduce(count)
                 denom = count.item() / world
-            parts.append(backward_step(model, batch, cfg, 1.0 / cfg.grad_accum, denom))
+            with parallel.grad_sync(engine, len(parts) == cfg.grad_accum - 1):
+                parts.append(backward_step(model, batch, cfg, 1.0 / cfg.grad_accum, denom,
+                                           engine, targets, importance))
         last = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
-        if world > 1:
-            all_reduce_grads(model, world)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
@@ -229,17 +259,23 @@ def train(cfg: TrainConfig) -> dict:
         if mf:
             mf.write(json.dumps({"step": step, "lr": lr_at(cfg, step - 1), **last}) + "\n")
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+            if world > 1 and cfg.shard_model:
+                parallel.gather(model, opt, shadow, shadow_opt if shadow is not None else None)
             if rank == 0:
                 mf.flush()
-                checkpoint.save(cfg.out, model, opt, {
+                checkpoint.save(cfg.out, model if shadow is None else shadow,
+                                opt if shadow is None else shadow_opt, {
                     "step": step, "position": [epoch, index + 1],
                     "shard_order": [s.path for s in ls.shards]})
             if world > 1:
                 dist.barrier()
     bar.close()
+    if world > 1 and cfg.shard_model:
+        parallel.gather(model, opt, shadow, shadow_opt if shadow is not None else None)
     if rank == 0:
         mf.close()
-        student.save_pretrained(cfg.out, safe_serialization=True)
+        (student if shadow is None else shadow.student).save_pretrained(
+            cfg.out, safe_serialization=True)
         copy_tokenizer(ls.tokenizer_dir(), cfg.out)
         with open(os.path.join(cfg.out, "train_config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)

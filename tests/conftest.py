@@ -13,6 +13,17 @@ N_EXAMPLES = 48
 PROJ_DIM = 8
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu are skipped, not passed, where CUDA is missing (or too few devices)."""
+    import torch
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for item in items:
+        mark = item.get_closest_marker("gpu")
+        need = mark.kwargs.get("devices", 1) if mark else 0
+        if mark and have < need:
+            item.add_marker(pytest.mark.skip(reason=f"needs {need} CUDA device(s), found {have}"))
+
+
 @pytest.fixture(scope="session")
 def teacher_dir() -> str:
     return TEACHER

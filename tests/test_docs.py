@@ -47,5 +47,8 @@ def test_docs_cite_names():
 def test_cited_name_exists(doc, module, attr):
     obj = importlib.import_module(module)
     for part in attr.split("."):
+        if not hasattr(obj, part) and hasattr(obj, "__path__"):  # a package's module
+            obj = importlib.import_module(f"{obj.__name__}.{part}")
+            continue
         assert hasattr(obj, part), f"{doc} cites `{module}.{attr}`, which does not exist"
         obj = getattr(obj, part)

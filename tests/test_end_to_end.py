@@ -131,5 +131,7 @@ def test_cli_label_subprocess(tmp_path, demo_inputs):
     s = json.loads(summary.read_text())
     assert (s["rows_in"], s["rows_labelled"], s["rows_rejected"]) == (11, 10, 1)
     assert s["rejects_by_reason"] == {"malformed_json": 1}
-    assert "rows labelled  10" in proc.stdout
+    assert "labelled 10 of 11 rows" in proc.stdout and "malformed_json 1" in proc.stdout
+    assert "WARNING" not in proc.stdout + proc.stderr  # engine output: in the log file
+    assert "libtcmalloc" in (out / "kd-label.log").read_text()
     assert load_manifest(str(out)).label_config["views"] == ["raw"]

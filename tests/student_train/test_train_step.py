@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -53,22 +54,27 @@ def test_chunked_backward_matches_plain_autograd(label_set):
         assert torch.allclose(g_big[name], ref[name], atol=1e-6, rtol=1e-4), name
 
 
-def test_data_parallel_matches_single_process(label_set, tmp_path):
+@pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
+def test_data_parallel_matches_single_process(label_set, tmp_path, engine):
+    """2 gloo processes (torch DDP, or FSDP2 with --shard-model) with 2 micro-batches per step
+    give the weights of one process seeing the whole global batch."""
     bindir = os.path.dirname(sys.executable)
     common = ["train", "--labels", label_set["out"], "--student", STUDENT, "--steps", "5",
-              "--seed", "2"]
+              "--seed", "2", "--grad-accum", "2"]
     single = subprocess.run([os.path.join(bindir, "kd"), *common, "--out", str(tmp_path / "one"),
                              "--batch-size", "8"], capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]
+    extra = ["--shard-model"] if engine == "fsdp2" else []
     ddp = subprocess.run([os.path.join(bindir, "torchrun"), "--standalone", "--nproc_per_node=2",
                           "--no-python", os.path.join(bindir, "kd"), *common,
-                          "--out", str(tmp_path / "two"), "--batch-size", "4", "--save-every", "3"],
-                         capture_output=True, text=True, timeout=600)
+                          "--out", str(tmp_path / "two"), "--batch-size", "4", "--save-every", "3",
+                          *extra], capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert "(2 process(es))" in ddp.stdout
     assert (tmp_path / "two" / "checkpoint-00000003").is_dir()
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 5
     a = load_file(str(tmp_path / "one" / "model.safetensors"))
     b = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert a.keys() == b.keys()
     for name in a:
         assert torch.allclose(a[name], b[name], atol=2e-5), name

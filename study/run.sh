@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The distillation study (docs/STUDY.md), through the project's own labelling, training and
+# evaluation. `make study` runs it in full and rewrites docs/study/*.md and their plots;
+# `make study-quick` (QUICK=1) runs every arm of every experiment end to end on a few examples
+# and writes only under $OUT (default runs/study-quick): it checks the machinery, not the findings.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-runs/study$([ "${QUICK:-0}" = 1 ] && echo -quick)}
+mode=(); [ "${QUICK:-0}" = 1 ] && mode=(--quick)
+mkdir -p "$OUT"
+lscpu | grep -E "Model name|^CPU\(s\)" > "$OUT/machine.txt" || true
+echo "== experiment 1: KL arithmetic (unit test)"
+"$PY" -m pytest -q tests/student_train/test_kl_arithmetic.py
+# Experiments 2-6, in the order of docs/STUDY.md.
+for script in lambda_sweep kl_direction context_distillation multi_level fidelity; do
+  [ -f "study/$script.py" ] || { echo "== $script: not present, skipped"; continue; }
+  echo "== $script ${mode[*]:-}"
+  start=$(date +%s)
+  "$PY" "study/$script.py" "${mode[@]}" --out "$OUT/$script"
+  echo "== $script done in $(( $(date +%s) - start )) s"
+done

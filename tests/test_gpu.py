@@ -1,0 +1,84 @@
+"""GPU readiness: run where CUDA exists, skipped (never counted as passed) elsewhere.
+
+Not yet run on a GPU: the project's machines so far have none (docs/BENCHMARKS.md)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER = os.path.join(ROOT, "demo", "teacher")
+STUDENT = os.path.join(ROOT, "demo", "student.json")
+BIN = os.path.dirname(sys.executable)
+
+
+def head_on(device: str):
+    """The teacher's tensor path (LM head, log-softmax) on ``device``, without an engine."""
+    from pipeline.teacher import VllmTeacher, load_lm_head, model_config
+    t = VllmTeacher.__new__(VllmTeacher)
+    mcfg = model_config(TEACHER)
+    t.device = torch.device(device)
+    t.head = load_lm_head(TEACHER, mcfg).to(t.device, torch.float32)
+    t.logit_scale, t.softcap = mcfg.get("logit_scale"), mcfg.get("final_logit_softcapping")
+    return t
+
+
+@pytest.mark.gpu
+def test_tensor_path_head_on_cuda_equals_cpu():
+    torch.manual_seed(0)
+    states = torch.randn(4096, head_on("cpu").head.shape[1])
+    targets = torch.randint(0, 80, (4096,))
+    out = {}
+    for device in ("cpu", "cuda"):
+        lp = head_on(device).logprobs(states)
+        top = lp.topk(8, dim=-1)
+        out[device] = (lp.cpu(), top.indices.cpu(), top.values.cpu(),
+                       lp.gather(1, targets[:, None].to(lp.device))[:, 0].cpu(),
+                       states.to(device)[:100].mean(0).cpu())
+    for a, b in zip(out["cpu"], out["cuda"]):
+        if a.dtype.is_floating_point:
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # top-k ids may swap only between (near-)equal log-probs
+    same = (out["cpu"][1] == out["cuda"][1]).float().mean().item()
+    assert same > 0.999, same
+
+
+def kd_train(labels, out, *extra, env=None):
+    cmd = [f"{BIN}/kd", "train", "--labels", labels, "--student", STUDENT, "--out", out,
+           "--steps", "20", "--batch-size", "8", "--seed", "3", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return load_file(os.path.join(out, "model.safetensors"))
+
+
+@pytest.mark.gpu
+def test_kd_train_cuda_bf16_matches_cpu_fp32(label_set, tmp_path):
+    import json
+    cpu = kd_train(label_set["out"], str(tmp_path / "cpu"), env={"CUDA_VISIBLE_DEVICES": ""})
+    gpu = kd_train(label_set["out"], str(tmp_path / "gpu"), "--bf16")
+    losses = {}
+    for name in ("cpu", "gpu"):
+        rows = [json.loads(x) for x in open(tmp_path / name / "metrics.jsonl")]
+        losses[name] = [r["loss"] for r in rows]
+    for a, b in zip(losses["cpu"], losses["gpu"]):  # the same curve within bf16 rounding
+        assert abs(a - b) <= 0.03 * abs(a) + 0.02, (a, b)
+    for name in cpu:
+        diff = (cpu[name].float() - gpu[name].float()).norm() / cpu[name].float().norm()
+        assert diff < 0.05, (name, diff.item())
+
+
+@pytest.mark.gpu(devices=2)
+def test_ddp_nccl_two_gpus_matches_one(label_set, tmp_path):
+    one = kd_train(label_set["out"], str(tmp_path / "one"))
+    cmd = [f"{BIN}/torchrun", "--standalone", "--nproc_per_node=2", "--no-python", f"{BIN}/kd",
+           "train", "--labels", label_set["out"], "--student", STUDENT, "--out",
+           str(tmp_path / "two"), "--steps", "20", "--batch-size", "4", "--seed", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    two = load_file(str(tmp_path / "two" / "model.safetensors"))
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], atol=1e-4, rtol=1e-3)
