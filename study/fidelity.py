@@ -28,11 +28,13 @@ import dataclasses
 import json
 import os
 import pathlib
+import sys
 import time
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: this checkout's packages
 TEACHER = str(ROOT / "study" / "teachers" / "lm")
 DATA = ROOT / "study" / "data"
 STUDENT = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 192,

@@ -19,10 +19,13 @@ share), reverse KL picks one (lower entropy, samples the teacher scores better).
 import argparse
 import json
 import os
+import pathlib
+import sys
 import time
 
 import numpy as np
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run as a script
 from study.fidelity import FULL, QUICK, REDUCED, STUDENT, TEACHER, label_all
 
 ARMS = {"forward_kl": {}, "reverse_kl": {}, "jsd": {"beta": 0.5}, "tvd": {}}
