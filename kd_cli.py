@@ -92,6 +92,7 @@ def beam_parser() -> argparse.ArgumentParser:
     logging.disable(logging.WARNING)  # Beam's import-time notes (apitools, ...) are not for
     try:                              # the terminal; they happen before the log file is open
         from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+        import apache_beam.runners.dask.dask_runner  # noqa: F401  defines the --dask_* options
     finally:
         logging.disable(logging.NOTSET)
     parser = _BeamArgumentParser(allow_abbrev=False)
@@ -198,6 +199,20 @@ def quiet_output(path: str | None, verbose: bool):
         logfile.close()
 
 
+def speed_advice(log_path: str) -> str | None:
+    """vLLM's CPU start-up advice (libraries it wants in LD_PRELOAD), summarised once."""
+    import re
+    try:
+        with open(log_path, errors="replace") as f:
+            libs = sorted(set(re.findall(r"(\w+) is not found in LD_PRELOAD", f.read())))
+    except FileNotFoundError:
+        return None
+    if not libs:
+        return None
+    return (f"note: vLLM advises preloading {' and '.join(libs)} (LD_PRELOAD) for CPU speed; "
+            "not done here (docs/BENCHMARKS.md)")
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline import cli as label_cli
     from student_train import cli as train_cli
@@ -227,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         if path and not args.verbose:
             print(f"engine and library output: {path} (-v to show it here)", file=term)
         try:
-            return args.func(args, rest) or 0
+            rc = args.func(args, rest) or 0
+            if path and not args.verbose:
+                advice = speed_advice(path)
+                if advice:
+                    print(advice, file=term)
+            return rc
         except SystemExit as e:
             if not isinstance(e.code, str):
                 raise

@@ -31,9 +31,10 @@ TASKS = {
 }
 
 
-def make_example(rng: random.Random, idx: int, prefix: str, typos: bool = True) -> tuple[dict, dict]:
-    task = rng.choice(sorted(TASKS))
-    instructions, tag, fn = TASKS[task]
+def make_example(rng: random.Random, idx: int, prefix: str, typos: bool = True,
+                 tasks: dict = TASKS) -> tuple[dict, dict]:
+    task = rng.choice(sorted(tasks))
+    instructions, tag, fn = tasks[task]
     word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 7)))
     answer = fn(word)
     if typos:
@@ -45,9 +46,12 @@ def make_example(rng: random.Random, idx: int, prefix: str, typos: bool = True) 
     return raw, simplified
 
 
-def make_split(seed: int, n: int, prefix: str, typos: bool = True) -> tuple[list, list]:
+def make_split(seed: int, n: int, prefix: str, typos: bool = True,
+               tasks: dict = TASKS) -> tuple[list, list]:
+    """``tasks`` (default: all of TASKS) is the family to draw from: a subset, or a variant with
+    another function for some task (a teacher with a planted error)."""
     rng = random.Random(seed)
-    pairs = [make_example(rng, i, prefix, typos) for i in range(n)]
+    pairs = [make_example(rng, i, prefix, typos, tasks) for i in range(n)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 

@@ -39,35 +39,34 @@ def encode(tok, prompt: str, response: str) -> tuple[list[int], int]:
     return p + r, len(p)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "teacher"))
-    args = ap.parse_args()
-    torch.manual_seed(0)
+def train(raw: list[dict], out: str, steps: int = 1500, batch: int = 64, layers: int = 4,
+          hidden: int = 256, intermediate: int = 640, heads: int = 4, lr: float = 2e-3,
+          seed: int = 0) -> None:
+    """Train a Llama teacher on raw {prompt, response} records (loss on response tokens) and save
+    it with the character tokenizer to ``out``. The defaults make the demo teacher."""
+    torch.manual_seed(seed)
     tok = build_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=640,
-                      num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                      head_dim=64, max_position_embeddings=256, bos_token_id=tok.bos_token_id,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate,
+                      num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=heads, head_dim=hidden // heads,
+                      max_position_embeddings=256, bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       tie_word_embeddings=False, torch_dtype="float32")
     model = LlamaForCausalLM(cfg)
     print(f"teacher params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M")
-    raw, _ = make_split(seed=1234, n=60000, prefix="teach")
     data = [encode(tok, r["prompt"], r["response"]) for r in raw]
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01, betas=(0.9, 0.98))
-    rng = random.Random(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    rng = random.Random(seed)
     t0 = time.time()
-    for step in range(args.steps):
-        lr = 2e-3 * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+    for step in range(steps):
+        step_lr = lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
-            g["lr"] = lr
-        batch = rng.sample(data, args.batch)
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.full((args.batch, width), tok.pad_token_id)
-        labels = torch.full((args.batch, width), -100)
-        for i, (seq, start) in enumerate(batch):
+            g["lr"] = step_lr
+        rows = rng.sample(data, batch)
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.full((batch, width), tok.pad_token_id)
+        labels = torch.full((batch, width), -100)
+        for i, (seq, start) in enumerate(rows):
             ids[i, :len(seq)] = torch.tensor(seq)
             labels[i, start:len(seq)] = torch.tensor(seq[start:])
         loss = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(),
@@ -76,13 +75,23 @@ def main() -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 50 == 0 or step == args.steps - 1:
-            print(f"step {step} loss {loss.item():.4f} lr {lr:.2e} {time.time() - t0:.0f}s",
+        if step % 50 == 0 or step == steps - 1:
+            print(f"step {step} loss {loss.item():.4f} lr {step_lr:.2e} {time.time() - t0:.0f}s",
                   flush=True)
     model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(args.out, safe_serialization=True)
-    tok.save_pretrained(args.out)
-    print(f"saved to {args.out}")
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    print(f"saved to {out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "teacher"))
+    args = ap.parse_args()
+    raw, _ = make_split(seed=1234, n=60000, prefix="teach")
+    train(raw, args.out, args.steps, args.batch)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """``kd label``: label a dataset with the teacher and write a label set."""
+import functools
 import json
+import math
 import sys
+import threading
 import time
 
 import yaml
@@ -169,16 +172,71 @@ def main(args, beam_args: list[str]) -> int:
             shard_rows=args.shard_rows, truncate=args.too_long == "truncate", mode=args.mode,
             columns=columns, chat_template=args.chat_template, encoding=args.encoding,
             sampling=SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed))
-        summary = job.run(label_job, beam_args, progress=term if args.progress else None)
+        summary = job.run(label_job, beam_args,
+                          watch=functools.partial(Progress, file=term) if args.progress else None)
     finally:
         shutdown_all()
     summary["seconds"] = round(time.time() - t0, 2)
-    print(job.format_summary(summary), file=term)
+    print(format_summary(summary), file=term)
     print(f"label set: {args.out}", file=term)
     if args.summary_json:
         with open(args.summary_json, "w") as f:
-            f.write(job.dumps(summary))
+            f.write(json.dumps(summary, indent=1, sort_keys=True))
     return 0
+
+
+class Progress:
+    """``kd label --progress``: a progress bar fed by the job's commit records (shards, rows,
+    tokens/s, ETA), polled from the driver while the pipeline runs (``job.run``'s ``watch``);
+    the total is the input's record count / shard_rows."""
+
+    def __init__(self, job, key: str, file=None, every: float = 1.0):
+        self.job, self.key, self.file, self.every = job, key, file, every
+        self.stop = threading.Event()
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def loop(self):
+        from tqdm import tqdm
+
+        from pipeline import records
+        from schemas.manifest import read_commits
+        total = math.ceil(records.count_records(self.job.input) / self.job.shard_rows)
+        before = {r["chunk"] for r in read_commits(self.job.out) if r["cache_key"] == self.key}
+        bar = tqdm(total=total, desc="label", unit="shard", dynamic_ncols=True,
+                   mininterval=self.every, file=self.file)
+        while not self.stop.wait(self.every):
+            new = [r["shard"] for r in read_commits(self.job.out)
+                   if r["cache_key"] == self.key and r["chunk"] not in before]
+            bar.n = len(new)
+            elapsed = bar.format_dict["elapsed"] or 1e-9
+            bar.set_postfix(rows=sum(s["rows"] for s in new),
+                            tok_s=f"{sum(s['tokens'] for s in new) / elapsed:.0f}", refresh=False)
+            bar.refresh()
+        bar.close()
+
+
+def format_summary(summary: dict) -> str:
+    """The run in one line (two with rejects): counts, reuse, tokens and, when timed, speed."""
+    line = (f"labelled {summary['rows_labelled']} of {summary['rows_in']} rows "
+            f"({summary.get('rows_reused', 0)} reused from {summary.get('shards_reused', 0)} "
+            f"unchanged shards), {summary['tokens_labelled']} tokens, {summary['shards']} "
+            f"shards; rejected {summary['rows_rejected']}")
+    if summary.get("seconds"):
+        line += (f"; {summary['seconds']:.1f} s, "
+                 f"{summary['tokens_labelled'] / summary['seconds']:.0f} tokens/s")
+    if summary["rejects_by_reason"]:
+        line += ("\n  rejects by reason: "
+                 + ", ".join(f"{r} {n}" for r, n in summary["rejects_by_reason"].items())
+                 + f" (rows in {summary['rejects_path']})")
+    return line
 
 
 def add_plan_parser(sub) -> None:

@@ -1,20 +1,18 @@
 """The labelling job as a short composition of named Beam transforms.
 
-    ReadRaw / ReadSimplified -> Parse -> JoinById -> Pair -> Tokenize -> Chunk -> LabelOrReuse
-                                                    (generate mode: the teacher writes responses
-                                                     there, then scores them)
-                                 rejects of every step -> WriteRejects
-                              -> WriteManifest (last: the commit)
+    ReadRecords (per input: read, count, parse) -> PairViews (join by id) -> Tokenise
+        -> LabelChunks (chunk, label or reuse, write and commit each shard; generate mode: the
+                        teacher writes the responses there, then scores them)
+    rejects of every step, shard infos, row counts -> CommitLabelSet (rejects file, then the
+                                                       manifest: the commit)
 
-Per-element logic lives in records.py, tokenize.py and teacher.py as plain functions; the label
-set's writer and commit protocol in schemas/labelset.py.
+Per-element logic lives in records.py, tokenize.py and teacher.py and in the plain functions
+below; the label set's writer and commit protocol in schemas/labelset.py.
 """
 import collections
+import contextlib
 import dataclasses
-import json
 import logging
-import math
-import threading
 import time
 
 import apache_beam as beam
@@ -22,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import records, sampler
 from pipeline.teacher import (SamplingConfig, TeacherConfig, checkpoint_dtype, context_length,
-                              model_config)
+                              model_config, write_responses)
 from pipeline.tokenize import Tokenized, load_tokenizer, tokenize_example
 from schemas import (Manifest, ShardInfo, load_manifest, teacher_fingerprint,
                      tokenizer_fingerprint, write_manifest)
@@ -31,8 +29,7 @@ from schemas import labelset
 from schemas.files import TOKENIZER_DIR, copy_tokenizer
 from schemas.labelconfig import LabelConfig
 from schemas.labelset import committed_shards, shard_present
-from schemas.manifest import (clear_stale_commits, read_commit, read_commits,
-                             strip_credentials, write_commit)
+from schemas.manifest import clear_stale_commits, read_commit, strip_credentials, write_commit
 
 log = logging.getLogger("kd.label")
 
@@ -60,8 +57,36 @@ def read_split(split: tuple[int, int, int], path: str, kind: str, columns: dict)
     return records.read_records(path, kind, columns, *split)
 
 
+def one_row(_record):
+    return "rows_in", 1
+
+
 def is_reject(element) -> bool:
     return isinstance(element, dict)
+
+
+def is_result(element) -> bool:
+    return not is_reject(element)
+
+
+def key_by_id(record):
+    """A Record keyed by its example id."""
+    return record.id, record
+
+
+def pair_group(group, mode: str) -> list:
+    """The CoGroupByKey result (id, {view: records}) of one id -> its Example of ``mode`` and
+    rejects (``records.pair``)."""
+    example_id, views = group
+    return records.pair(example_id, list(views["raw"]), list(views["simplified"]), mode)
+
+
+def tagged(value, kind: str):
+    return kind, value
+
+
+def under_one_key(part):
+    return None, part
 
 
 class SplitRejects(beam.PTransform):
@@ -70,8 +95,98 @@ class SplitRejects(beam.PTransform):
     all of its outputs (docs/RUNNERS.md)."""
 
     def expand(self, pcoll):
-        return (pcoll | "Ok" >> beam.Filter(lambda e: not is_reject(e)),
+        return (pcoll | "Ok" >> beam.Filter(is_result),
                 pcoll | "Rejected" >> beam.Filter(is_reject))
+
+
+class ReadRecords(beam.PTransform):
+    """One input file -> (records, rejects, row counts): read as ``splits`` interleaved splits
+    of whole chunks, reshuffled, counted (rows_in), parsed and checked."""
+
+    def __init__(self, path: str, kind: str, columns: dict, splits: int, block: int):
+        super().__init__()
+        self.path, self.kind, self.columns = path, kind, columns
+        self.splits, self.block = splits, block
+
+    def expand(self, pbegin):
+        lines = (pbegin
+                 | "Splits" >> beam.Create([(i, self.splits, self.block)
+                                            for i in range(self.splits)])
+                 | "Records" >> beam.FlatMap(read_split, self.path, self.kind, self.columns)
+                 | "Reshuffle" >> beam.Reshuffle())
+        counts = lines | "Count" >> beam.Map(one_row)
+        ok, rejected = (lines
+                        | "Parse" >> beam.MapTuple(records.parse_record, columns=self.columns)
+                        | "Split" >> SplitRejects())
+        return ok, rejected, counts
+
+
+class PairViews(beam.PTransform):
+    """{view: records} -> (examples, rejects): the raw and simplified records joined by id into
+    examples of the job's mode."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        self.mode = mode
+
+    def expand(self, views):
+        keyed = {view: pcoll | f"KeyById{view}" >> beam.Map(key_by_id)
+                 for view, pcoll in views.items()}
+        if "simplified" not in keyed:
+            keyed["simplified"] = keyed["raw"].pipeline | "NoSimplified" >> beam.Create([])
+        return (keyed
+                | "JoinById" >> beam.CoGroupByKey()
+                | "Pair" >> beam.FlatMap(pair_group, self.mode)
+                | "Split" >> SplitRejects())
+
+
+class Tokenise(beam.PTransform):
+    """examples -> (tokenised examples, rejects)."""
+
+    def __init__(self, cfg: TeacherConfig, max_len: int, truncate: bool, chat: bool):
+        super().__init__()
+        self.fn = TokenizeFn(cfg.model_dir, max_len, cfg.trust_remote_code, truncate, chat)
+
+    def expand(self, examples):
+        return examples | "Tokenize" >> beam.ParDo(self.fn) | "Split" >> SplitRejects()
+
+
+class LabelChunks(beam.PTransform):
+    """tokenised examples -> shard infos: grouped into chunks of input lines, each labelled and
+    committed as one shard, or reused."""
+
+    def __init__(self, shard_rows: int, fn: "LabelChunkFn"):
+        super().__init__()
+        self.shard_rows, self.fn = shard_rows, fn
+
+    def expand(self, tokenised):
+        return (tokenised
+                | "Chunk" >> beam.Map(chunk_key, self.shard_rows)
+                | "GroupChunks" >> beam.GroupByKey()
+                | "LabelOrReuse" >> beam.ParDo(self.fn))
+
+
+class CommitLabelSet(beam.PTransform):
+    """(rejects, shard infos, row counts) -> the counts, after ``commit`` wrote the rejects
+    file and then the manifest: every part is tagged and gathered under one key, so the commit
+    is one step that runs last, also on empty input."""
+
+    def __init__(self, out: str, header: dict):
+        super().__init__()
+        self.out, self.header = out, header
+
+    def expand(self, parts):
+        rejects, infos, counts = parts
+        p = infos.pipeline
+        tagged_parts = [rejects | "TagRejects" >> beam.Map(tagged, "reject"),
+                        infos | "TagShards" >> beam.Map(tagged, "shard"),
+                        counts | "RowsIn" >> beam.CombinePerKey(sum),
+                        p | "NoRows" >> beam.Create([("rows_in", 0)])]
+        return (tagged_parts
+                | "AllParts" >> beam.Flatten()
+                | "OneKey" >> beam.Map(under_one_key)
+                | "Gather" >> beam.GroupByKey()
+                | "WriteManifest" >> beam.Map(commit, self.out, self.header))
 
 
 class TokenizeFn(beam.DoFn):
@@ -93,14 +208,6 @@ def chunk_key(item: Tokenized, shard_rows: int) -> tuple[str, Tokenized]:
     return f"{source}:{(line - 1) // shard_rows}", item
 
 
-def with_responses(items: list[Tokenized], responses: list[list[int]]) -> list[Tokenized]:
-    """Generate mode: append each generated response to both views of its example."""
-    return [dataclasses.replace(t, raw_ids=t.raw_ids + r,
-                                simplified_ids=None if t.simplified_ids is None
-                                else t.simplified_ids + r)
-            for t, r in zip(items, responses)]
-
-
 class LabelChunkFn(beam.DoFn):
     """Label one chunk with the process-wide teacher and commit it as one shard; in generate mode
     the teacher first writes the chunk's responses.
@@ -112,7 +219,7 @@ class LabelChunkFn(beam.DoFn):
     write fails the bundle."""
 
     def __init__(self, cfg: TeacherConfig, out: str, config: LabelConfig, metadata: dict,
-                 existing: dict, sampling: SamplingConfig | None = None, max_len: int = 0,
+                 existing: dict, sampling: SamplingConfig = SamplingConfig(), max_len: int = 0,
                  overlap: bool = True):
         self.cfg, self.out, self.config, self.metadata = cfg, out, config, metadata
         self.existing = existing  # chunk -> ShardInfo dict, committed earlier with this key
@@ -141,8 +248,8 @@ class LabelChunkFn(beam.DoFn):
             from pipeline.teacher import get_teacher
             self.teacher = get_teacher(self.cfg)
         t0 = time.perf_counter()
-        if self.sampling is not None:
-            items = self.generate(items)
+        if self.config.mode == "generate":
+            items = write_responses(self.cfg, items, self.sampling, self.max_len)
         labels = self.teacher.label([t.raw_ids for t in items], [t.raw_start for t in items],
                                     [t.id for t in items])
         yield from self.drain()  # the previous chunk's write ran beside this forward
@@ -179,22 +286,11 @@ class LabelChunkFn(beam.DoFn):
                  info.rows, info.tokens, sum(len(t.raw_ids) for t in items) / dt)
         return {**dataclasses.asdict(info), "reused": False}
 
-    def generate(self, items: list[Tokenized]) -> list[Tokenized]:
-        from pipeline.teacher import get_generator
-        room = [self.max_len - max(len(t.raw_ids), len(t.simplified_ids or [])) for t in items]
-        t0 = time.perf_counter()
-        responses = get_generator(self.cfg).generate(
-            [t.raw_ids for t in items], [t.id for t in items],
-            [min(self.sampling.max_new_tokens, r) for r in room], self.sampling)
-        n = sum(len(r) for r in responses)
-        log.debug("generated %d responses, %d tokens, %.0f tokens/s", len(items), n,
-                 n / (time.perf_counter() - t0))
-        return with_responses(items, responses)
 
-
-def commit(parts: list, out: str, header: dict) -> dict:
-    """The last step, on the one gathered list of (kind, value) parts: write the rejects file,
-    then the manifest listing every shard (all shards are durable by then)."""
+def commit(gathered, out: str, header: dict) -> dict:
+    """The last step, on the one gathered (None, [(kind, value) parts]) group: write the rejects
+    file, then the manifest listing every shard (all shards are durable by then)."""
+    parts = list(gathered[1])
     infos = [v for kind, v in parts if kind == "shard"]
     rejects_info = labelset.write_rejects(out, [v for kind, v in parts if kind == "reject"])
     rows_in = sum(v for kind, v in parts if kind == "rows_in")
@@ -225,99 +321,20 @@ def build(p: beam.Pipeline, job: LabelJob, config: LabelConfig, header: dict, me
     cfg = job.teacher
     max_len = cfg.max_model_len or context_length(model_config(cfg.model_dir))
     columns = dict(job.columns)
-    sources = [("Raw", job.input, "raw", {"text": "text", "generate": "prompt"}.get(job.mode,
-                                                                                   "raw"))]
+    sources = {"Raw": ("raw", job.input, records.RAW_KIND[job.mode])}
     if job.simplified:
-        sources.append(("Simplified", job.simplified, "simplified", "simplified"))
-    parsed, counts = {}, []
-    splits = [(i, job.read_splits, job.shard_rows) for i in range(job.read_splits)]
-    for name, path, view, kind in sources:
-        lines = (p | f"Read{name}" >> beam.Create(splits)
-                 | f"Records{name}" >> beam.FlatMap(read_split, path, kind, columns)
-                 | f"Reshuffle{name}" >> beam.Reshuffle())
-        counts.append(lines | f"Count{name}" >> beam.Map(lambda _: ("rows_in", 1)))
-        parsed[view] = (lines | f"Parse{name}" >> beam.MapTuple(records.parse_record,
-                                                               columns=columns)
-                        | f"Split{name}" >> SplitRejects())
-    keyed = {view: ok | f"KeyById{view}" >> beam.Map(lambda r: (r.id, r))
-             for view, (ok, _) in parsed.items()}
-    if "simplified" not in keyed:
-        keyed["simplified"] = p | "NoSimplified" >> beam.Create([])
-    paired_ok, paired_rejected = (
-        keyed | "JoinById" >> beam.CoGroupByKey()
-        | "Pair" >> beam.FlatMapTuple(lambda i, g: records.pair(i, list(g["raw"]),
-                                                                 list(g["simplified"])))
-        | "SplitPair" >> SplitRejects())
-    toks_ok, toks_rejected = (
-        paired_ok | "Tokenize" >> beam.ParDo(TokenizeFn(cfg.model_dir, max_len,
-                                                        cfg.trust_remote_code, job.truncate,
-                                                        job.chat_template))
-        | "SplitTokenize" >> SplitRejects())
-    infos = (toks_ok
-             | "Chunk" >> beam.Map(chunk_key, job.shard_rows)
-             | "GroupChunks" >> beam.GroupByKey()
-             | "LabelOrReuse" >> beam.ParDo(LabelChunkFn(
-                 cfg, job.out, config, metadata, existing,
-                 job.sampling if job.mode == "generate" else None, max_len,
-                 job.overlap_writes)))
-    rejects = ([rejected for _, rejected in parsed.values()] + [paired_rejected, toks_rejected]
+        sources["Simplified"] = ("simplified", job.simplified, "simplified")
+    read = {view: p | f"Read{name}" >> ReadRecords(path, kind, columns, job.read_splits,
+                                                     job.shard_rows)
+            for name, (view, path, kind) in sources.items()}
+    examples, pair_rejects = {view: ok for view, (ok, _, _) in read.items()} | PairViews(job.mode)
+    tokenised, token_rejects = examples | Tokenise(cfg, max_len, job.truncate, job.chat_template)
+    infos = tokenised | LabelChunks(job.shard_rows, LabelChunkFn(
+        cfg, job.out, config, metadata, existing, job.sampling, max_len, job.overlap_writes))
+    rejects = ([rejected for _, rejected, _ in read.values()] + [pair_rejects, token_rejects]
                | "AllRejects" >> beam.Flatten())
-    parts = [rejects | "TagRejects" >> beam.Map(lambda r: ("reject", r)),
-             infos | "TagShards" >> beam.Map(lambda s: ("shard", s)),
-             counts | "AllCounts" >> beam.Flatten() | "RowsIn" >> beam.CombinePerKey(sum),
-             p | "NoRows" >> beam.Create([("rows_in", 0)])]  # the commit runs on empty input
-    (parts | "AllParts" >> beam.Flatten()
-     | "OneKey" >> beam.Map(lambda part: (None, part))
-     | "Gather" >> beam.GroupByKey()
-     | "WriteManifest" >> beam.MapTuple(lambda _, ps: commit(list(ps), job.out, header)))
-
-
-class Progress:
-    """A progress bar fed by the job's commit records (shards, rows, tokens/s, ETA), polled from
-    the driver while the pipeline runs; the total is the input's record count / shard_rows."""
-
-    def __init__(self, job: LabelJob, key: str, file=None, every: float = 1.0):
-        self.job, self.key, self.file, self.every = job, key, file, every
-        self.enabled = file is not None
-        self.stop = threading.Event()
-
-    def __enter__(self):
-        if self.enabled:
-            self.thread = threading.Thread(target=self.loop, daemon=True)
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        if self.enabled:
-            self.thread.join()
-
-    def loop(self):
-        from tqdm import tqdm
-        total = math.ceil(count_records(self.job.input) / self.job.shard_rows)
-        before = {r["chunk"] for r in read_commits(self.job.out) if r["cache_key"] == self.key}
-        bar = tqdm(total=total, desc="label", unit="shard", dynamic_ncols=True,
-                   mininterval=self.every, file=self.file)
-        while not self.stop.wait(self.every):
-            new = [r["shard"] for r in read_commits(self.job.out)
-                   if r["cache_key"] == self.key and r["chunk"] not in before]
-            bar.n = len(new)
-            elapsed = bar.format_dict["elapsed"] or 1e-9
-            bar.set_postfix(rows=sum(s["rows"] for s in new),
-                            tok_s=f"{sum(s['tokens'] for s in new) / elapsed:.0f}", refresh=False)
-            bar.refresh()
-        bar.close()
-
-
-def count_records(path: str) -> int:
-    """Records in an input file (JSONL lines or Parquet rows), read cheaply."""
-    import fsspec
-    if records.input_format(path) == "parquet":
-        import pyarrow.parquet as pq
-        with fsspec.open(path, "rb") as f:
-            return pq.ParquetFile(f).metadata.num_rows
-    with fsspec.open(path, "rb", compression="infer") as f:
-        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
+    counts = [counted for _, _, counted in read.values()] | "AllCounts" >> beam.Flatten()
+    (rejects, infos, counts) | CommitLabelSet(job.out, header)
 
 
 def label_config(job: LabelJob, mcfg: dict) -> LabelConfig:
@@ -338,14 +355,19 @@ def label_config(job: LabelJob, mcfg: dict) -> LabelConfig:
                  if cfg.targets != "topk" else None))
 
 
-def run(job: LabelJob, beam_args: list[str], progress=None) -> dict:
-    """Run the job; return the summary (counts, shards, rejects by reason). ``progress``: a
-    stream to draw the progress bar on (None: no bar)."""
+def run(job: LabelJob, beam_args: list[str], watch=None) -> dict:
+    """Run the job; return the summary (counts, shards, rejects by reason). ``watch(job, key)``,
+    if given, returns a context manager held while the pipeline runs (the CLI's progress bar)."""
     cfg = job.teacher
     mcfg = model_config(cfg.model_dir)
     if job.mode == "text" and job.simplified:
         raise ValueError("plain text mode labels single texts: no simplified input")
     config = label_config(job, mcfg)
+    records.check_columns(job.input, {"text": "text", "generate": "prompt"}.get(job.mode, "raw"),
+                          dict(job.columns))
+    if job.simplified:
+        records.check_columns(job.simplified, "simplified", dict(job.columns))
+        records.check_pairing(job.input, job.simplified, dict(job.columns))
     t_fp, tok_fp = teacher_fingerprint(cfg.model_dir), tokenizer_fingerprint(cfg.model_dir)
     key = config.cache_key(t_fp, tok_fp)
     header = {"schema_version": config.schema_version, "cache_key": key,
@@ -362,7 +384,7 @@ def run(job: LabelJob, beam_args: list[str], progress=None) -> dict:
         # before calling it), so the last chunk's overlapped write would go unlisted
         job = dataclasses.replace(job, read_splits=dask_partitions(beam_args),
                                   overlap_writes=False)
-    with Progress(job, key, progress):
+    with watch(job, key) if watch else contextlib.nullcontext():
         with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
             build(p, job, config, header, metadata, existing)
     manifest = load_manifest(job.out)
@@ -398,23 +420,3 @@ def summarize(out: str, manifest: Manifest) -> dict:
     return {**manifest.counts, "shards": len(manifest.shards),
             "rejects_path": f"{out}/{manifest.rejects['path']}",
             "rejects_by_reason": dict(sorted(reasons.items())), "cache_key": manifest.cache_key}
-
-
-def format_summary(summary: dict) -> str:
-    """The run in one line (two with rejects): counts, reuse, tokens and, when timed, speed."""
-    line = (f"labelled {summary['rows_labelled']} of {summary['rows_in']} rows "
-            f"({summary.get('rows_reused', 0)} reused from {summary.get('shards_reused', 0)} "
-            f"unchanged shards), {summary['tokens_labelled']} tokens, {summary['shards']} "
-            f"shards; rejected {summary['rows_rejected']}")
-    if summary.get("seconds"):
-        line += (f"; {summary['seconds']:.1f} s, "
-                 f"{summary['tokens_labelled'] / summary['seconds']:.0f} tokens/s")
-    if summary["rejects_by_reason"]:
-        line += ("\n  rejects by reason: "
-                 + ", ".join(f"{r} {n}" for r, n in summary["rejects_by_reason"].items())
-                 + f" (rows in {summary['rejects_path']})")
-    return line
-
-
-def dumps(summary: dict) -> str:
-    return json.dumps(summary, indent=1, sort_keys=True)

@@ -126,7 +126,7 @@ def count_tokens(model_dir: str, raw: str, simplified: str | None, cost: Teacher
                  trust_remote_code: bool = False) -> TokenCount:
     """Tokenise every raw record (sample = 0) or a seeded random sample of about ``sample`` of
     them, as kd label does; simplified prompts are tokenised for the sampled ids."""
-    from pipeline.job import count_records
+    from pipeline.records import count_records
     tok = load_tokenizer(model_dir, trust_remote_code)
     n_records = count_records(raw)
     p = 1.0 if not sample or sample >= n_records else sample / n_records

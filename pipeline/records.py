@@ -16,6 +16,7 @@ import fsspec
 
 FIELDS = {"raw": ("id", "prompt", "response"), "simplified": ("id", "prompt"),
           "text": ("id", "text"), "prompt": ("id", "prompt")}
+RAW_KIND = {"score": "raw", "text": "text", "generate": "prompt"}  # mode -> raw input's kind
 IGNORED = {"prompt": ("response",)}  # generate mode: the teacher writes its own response
 PARQUET_BATCH = 1024
 MAX_RECORD_ECHO = 500
@@ -33,13 +34,16 @@ class Record:
 
 @dataclasses.dataclass
 class Example:
-    """A raw record with its simplified partner (if any), ready to tokenise."""
+    """A raw record with its simplified partner (if any), ready to tokenise. ``mode`` is the
+    job's: score (prompt and response), text (empty prompt, the text as the response) or
+    generate (prompt only, response None: the teacher writes it)."""
     id: str
     prompt: str
-    response: str
+    response: str | None
     simplified_prompt: str | None
     raw_src: tuple[str, int]
     simplified_src: tuple[str, int] | None
+    mode: str = "score"
 
 
 def reject(source: str, line: int, view: str, reason: str, detail: str,
@@ -82,6 +86,64 @@ def read_records(path: str, kind: str, columns: dict | None = None, split: int =
         for n, line in enumerate(f, start=1):
             if line.strip() and mine(n):
                 yield kind, path, n, line
+
+
+def check_columns(path: str, kind: str, columns: dict | None = None, sample: int = 20) -> None:
+    """Stop before any work when the input's records lack a column the mode needs in every one of
+    the first ``sample`` records (a wrong file or a missing --columns mapping, not a bad record):
+    a ValueError naming the columns missing and the ones found."""
+    import itertools
+    ours = {v: k for k, v in (columns or {}).items()}  # input column -> our field
+    seen = []
+    for _, _, _, data in itertools.islice(read_records(path, kind, columns), sample):
+        if not isinstance(data, dict):
+            try:
+                data = json.loads(data)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+        if isinstance(data, dict):
+            seen.append(data)
+    if input_format(path) == "parquet":
+        import pyarrow.parquet as pq
+        with fsspec.open(path, "rb") as f:
+            seen = [dict.fromkeys(pq.ParquetFile(f).schema_arrow.names)]
+    if not seen:
+        return
+    fields = [{ours.get(k, k) for k in rec} for rec in seen]
+    missing = [k for k in FIELDS[kind] if not any(k in f for f in fields)]
+    if missing:
+        found = sorted(set().union(*(set(rec) for rec in seen)))
+        mapped = [(columns or {}).get(k, k) for k in missing]
+        raise ValueError(
+            f"{path}: no record has the column(s) {', '.join(mapped)} (found: "
+            f"{', '.join(found)}); map yours with --columns "
+            + ",".join(f"{k}=<your column>" for k in missing))
+
+
+def check_pairing(raw: str, simplified: str, columns: dict | None = None,
+                  sample: int = 20) -> None:
+    """Stop before any work when none of the first ``sample`` simplified ids is the id of any raw
+    record (the simplified file belongs to other data, or its ids are in another column)."""
+    import itertools
+
+    def ids(path, kind, limit=None):
+        for _, _, _, data in itertools.islice(read_records(path, kind, columns), limit):
+            rec = parse_record(kind, path, 0, data, columns)
+            if isinstance(rec, Record):
+                yield rec.id
+    wanted = set(ids(simplified, "simplified", sample))
+    if not wanted:
+        return
+    raw_seen = []
+    for rid in ids(raw, "raw"):
+        if rid in wanted:
+            return
+        if len(raw_seen) < 3:
+            raw_seen.append(rid)
+    raise ValueError(f"{simplified}: none of its first {len(wanted)} ids matches a record of "
+                     f"{raw} (e.g. {sorted(wanted)[:3]} vs raw {raw_seen}); simplified records "
+                     "pair with raw ones by id: check both files use the same ids (--columns "
+                     "id=<column>)")
 
 
 def parse_record(kind: str, source: str, line_no: int, data, columns: dict | None = None
@@ -129,8 +191,10 @@ def parse_record(kind: str, source: str, line_no: int, data, columns: dict | Non
     return Record(view, source, line_no, obj["id"], obj["prompt"], obj.get("response"))
 
 
-def pair(example_id: str, raws: list[Record], simps: list[Record]) -> list[Example | dict]:
-    """Join the raw and simplified records of one id; duplicates and orphans become rejects."""
+def pair(example_id: str, raws: list[Record], simps: list[Record], mode: str = "score"
+         ) -> list[Example | dict]:
+    """Join the raw and simplified records of one id into an Example of ``mode``; duplicates
+    and orphans become rejects."""
     out: list[Example | dict] = []
     for dup in sorted(raws, key=lambda r: (r.source, r.line))[1:]:
         out.append(reject(dup.source, dup.line, "raw", "duplicate_id",
@@ -145,5 +209,15 @@ def pair(example_id: str, raws: list[Record], simps: list[Record]) -> list[Examp
                           f"no raw record with id {example_id!r}", example_id))
         return out
     out.append(Example(example_id, raw.prompt, raw.response, simp and simp.prompt,
-                       (raw.source, raw.line), simp and (simp.source, simp.line)))
+                       (raw.source, raw.line), simp and (simp.source, simp.line), mode))
     return out
+
+
+def count_records(path: str) -> int:
+    """Records in an input file (JSONL lines or Parquet rows), read cheaply."""
+    if input_format(path) == "parquet":
+        import pyarrow.parquet as pq
+        with fsspec.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    with fsspec.open(path, "rb", compression="infer") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))

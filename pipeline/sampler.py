@@ -112,9 +112,14 @@ def draw(logprobs: torch.Tensor, keys: torch.Tensor, n: int, temperature: float 
     if exclude is not None:
         q.scatter_(1, exclude, 0.0)
     full = vocab // BLOCK
-    blocks = torch.as_strided(q, (p_rows, full, BLOCK), (q.stride(0), BLOCK, 1)).sum(-1)
-    if vocab % BLOCK:
-        blocks = torch.cat([blocks, q[:, full * BLOCK:].sum(-1, keepdim=True)], dim=-1)
+    ragged = vocab % BLOCK
+    view = torch.as_strided(q, (p_rows, full, BLOCK), (q.stride(0), BLOCK, 1))
+    blocks = view.sum(-1)
+    tail = None
+    if ragged:  # the last, partial block, padded with zeros (a (P, BLOCK) copy only)
+        tail = torch.zeros(p_rows, 1, BLOCK, dtype=q.dtype, device=dev)
+        tail[:, 0, :ragged] = q[:, full * BLOCK:]
+        blocks = torch.cat([blocks, tail[:, 0].sum(-1, keepdim=True)], dim=-1)
     n_blocks = blocks.shape[1]
     block_mass = blocks.double()                                    # (P, B)
     block_cdf = block_mass.cumsum(-1)
@@ -122,11 +127,13 @@ def draw(logprobs: torch.Tensor, keys: torch.Tensor, n: int, temperature: float 
     u = uniforms(keys.to(dev), n) * total                           # (P, n) in [0, total)
     b = torch.searchsorted(block_cdf, u, right=True).clamp_(max=n_blocks - 1)
     rest = u - (block_cdf.gather(1, b) - block_mass.gather(1, b))  # offset inside block b
-    idx = b[..., None] * BLOCK + torch.arange(BLOCK, device=dev)    # (P, n, BLOCK)
-    valid = idx < vocab
-    inner = q.gather(1, idx.clamp(max=vocab - 1).view(p_rows, -1)).view(idx.shape)
-    inner = inner.masked_fill(~valid, 0.0).double().cumsum(-1)
-    rest = torch.minimum(rest, torch.nextafter(inner[..., -1], torch.zeros_like(rest)))
+    # the chosen blocks' probabilities, (P, n, BLOCK), gathered without an index per token
+    inner = (view.gather(1, b.clamp(max=max(full - 1, 0))[..., None].expand(-1, -1, BLOCK))
+             if full else torch.zeros(p_rows, n, BLOCK, dtype=q.dtype, device=dev))
+    if tail is not None:
+        inner = torch.where((b == full)[..., None], tail.expand(-1, n, -1), inner)
+    inner = inner.cumsum(-1)  # float32 within a block: relative error ~1e-7 of its mass
+    rest = torch.minimum(rest.float(), torch.nextafter(inner[..., -1], torch.zeros_like(inner[..., -1])))
     t = torch.searchsorted(inner, rest[..., None], right=True)[..., 0].clamp_(max=BLOCK - 1)
     ids, counts = _unique_rows(b * BLOCK + t)
     logw = torch.zeros(ids.shape, dtype=torch.float32, device=dev)

@@ -26,12 +26,15 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import threading
+import time
 
 import numpy as np
 
-from schemas.labelset import Labels, SampledLabels
+from schemas.labelset import Labels, SampledLabels, Tokenized
+from schemas.rows import predictor
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the job prints its own progress
@@ -60,9 +63,26 @@ class TeacherConfig:
 
 
 def model_config(model_dir: str) -> dict:
+    """The teacher's config.json; a ValueError that says what is wrong when the directory is
+    missing or is not a transformers model directory."""
     import fsspec
-    with fsspec.open(f"{model_dir}/config.json", "r") as f:
-        return json.load(f)
+    fs, root = fsspec.core.url_to_fs(model_dir)
+    if not fs.isdir(root):
+        raise ValueError(f"teacher {model_dir}: no such directory (give a transformers model "
+                         "directory: config.json, tokenizer files, *.safetensors)")
+    try:
+        with fs.open(f"{root}/config.json", "r") as f:
+            cfg = json.load(f)
+    except FileNotFoundError:
+        found = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))[:8]
+        raise ValueError(f"teacher {model_dir} is not a transformers model directory: no "
+                         f"config.json (found: {', '.join(found) or 'nothing'})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"teacher {model_dir}/config.json is not valid JSON: {e}") from None
+    if "num_hidden_layers" not in cfg and "model_type" not in cfg:
+        raise ValueError(f"teacher {model_dir}/config.json is not a model config (no model_type "
+                         "or num_hidden_layers)")
+    return cfg
 
 
 def checkpoint_dtype(cfg: dict) -> str:
@@ -192,8 +212,8 @@ class VllmTeacher:
         if cfg.proj_dim:
             proj = torch.from_numpy(projection_matrix(d, cfg.proj_dim, cfg.proj_seed))
         n_resp = [len(seq) - start for seq, start in zip(seqs, starts)]
-        # position p's final state predicts token p + 1: the states before each response token
-        states = torch.cat([out.outputs.data[start - 1:len(seq) - 1, :d]
+        # the final states that predict the response tokens
+        states = torch.cat([out.outputs.data[predictor(start):predictor(len(seq)), :d]
                             for seq, start, out in zip(seqs, starts, outs)])
         targets = torch.tensor([t for seq, start in zip(seqs, starts) for t in seq[start:]])
         draws = cfg.targets != "topk"
@@ -317,6 +337,25 @@ def get_generator(cfg: TeacherConfig) -> VllmGenerator:
         if key not in _GENERATORS:
             _GENERATORS[key] = VllmGenerator(key)
         return _GENERATORS[key]
+
+
+def write_responses(cfg: TeacherConfig, items: list[Tokenized], sampling: SamplingConfig,
+                    max_len: int) -> list[Tokenized]:
+    """Generate mode: the teacher writes each example's response (at most max_new_tokens and
+    what fits in ``max_len`` behind the longer prompt), appended to both views; the scoring
+    engine then labels prompt + response as in score mode."""
+    room = [max_len - max(len(t.raw_ids), len(t.simplified_ids or [])) for t in items]
+    t0 = time.perf_counter()
+    responses = get_generator(cfg).generate(
+        [t.raw_ids for t in items], [t.id for t in items],
+        [min(sampling.max_new_tokens, r) for r in room], sampling)
+    n = sum(len(r) for r in responses)
+    logging.getLogger("kd.label").debug("generated %d responses, %d tokens, %.0f tokens/s",
+                                        len(items), n, n / (time.perf_counter() - t0))
+    return [dataclasses.replace(t, raw_ids=t.raw_ids + r,
+                                simplified_ids=None if t.simplified_ids is None
+                                else t.simplified_ids + r)
+            for t, r in zip(items, responses)]
 
 
 def shutdown_all() -> None:

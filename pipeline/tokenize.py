@@ -30,15 +30,16 @@ def tokenize_example(tok, ex: Example, max_len: int, truncate: bool = False,
                      chat: bool = False) -> list[Tokenized | dict]:
     """Tokenise one example. A sequence over ``max_len`` rejects the example (both views), or
     with ``truncate`` keeps the first tokens of the response that fit behind the longer prompt.
-    Plain-text examples (empty prompt) label every position after the first. Prompt-only
-    examples (generate mode, response None) get an empty response and need room for one token."""
-    resp = [] if ex.response is None else response_ids(tok, ex.response)
-    raw_p = prompt_ids(tok, ex.prompt, chat and bool(ex.prompt))
+    Text mode labels every position after the first. Generate mode examples (no response yet)
+    get an empty response and need room for one token."""
+    generate = ex.mode == "generate"
+    resp = [] if generate else response_ids(tok, ex.response)
+    raw_p = prompt_ids(tok, ex.prompt, chat and ex.mode != "text")
     if not raw_p:  # plain text without a BOS token: the first text token is the context
         raw_p, resp = resp[:1], resp[1:]
     simp_p = (prompt_ids(tok, ex.simplified_prompt, chat) if ex.simplified_prompt is not None
               else None)
-    resp_len = 1 if ex.response is None else len(resp)  # generate: room for one new token
+    resp_len = 1 if generate else len(resp)  # generate: room for one new token
     longest = resp_len + max(len(raw_p), len(simp_p or []))
     room = max_len - max(len(raw_p), len(simp_p or []))
     if longest > max_len and truncate and room >= 1:

@@ -38,6 +38,18 @@ META_PREFIX = "kd."
 VIEWS = ("raw", "simplified")
 
 
+def predictor(token_pos):
+    """The state at position p predicts token p + 1: the position whose state predicts the token
+    at ``token_pos`` (an int, a numpy array or a torch tensor)."""
+    return token_pos - 1
+
+
+def predicted(state_pos):
+    """The inverse of ``predictor``: the position of the token the state at ``state_pos``
+    predicts."""
+    return state_pos + 1
+
+
 def hidden_column(layer: int) -> str:
     """Column holding the mean over the response span of transformers' ``hidden_states[layer]``."""
     return f"hidden_mean_l{layer}"

@@ -67,6 +67,9 @@ def add_parsers(sub) -> None:
     ev.add_argument("--views", default="raw,simplified")
     ev.add_argument("--teacher", help="score KL and top-1 agreement against this teacher model's "
                          "full distribution (run here) instead of the cached top k")
+    ev.add_argument("--exact-match", action="store_true",
+                    help="also decode greedily from each prompt and report the share of rows "
+                         "whose response is reproduced exactly (column 'exact')")
     ev.add_argument("--json", help="also write the results to this JSON file")
     ev.set_defaults(func=eval_main)
 
@@ -110,12 +113,14 @@ def train_main(args, _rest) -> int:
 
 
 def eval_main(args, _rest) -> int:
-    from student_train.evaluate import evaluate, format_table
+    from student_train.evaluate import evaluate, exact_match, format_table
     results = []
     for spec in args.student:
         name, _, path = spec.rpartition("=")
         for view in args.views.split(","):
             r = evaluate(path, args.labels, view, teacher=args.teacher)
+            if args.exact_match:
+                r["exact"] = exact_match(path, args.labels, view)["exact"]
             results.append({**r, "name": name or os.path.basename(path.rstrip("/"))})
     print(format_table(results), file=getattr(args, "term", None))
     if args.json:

@@ -18,6 +18,7 @@ full guide, including a ``transformers.Trainer`` example (examples/hf_trainer.py
 import numpy as np
 import torch
 
+from schemas.rows import predicted
 from student_train.losses import DIVERGENCES, ce_loss, combined_loss, sparse_kd_loss
 from student_train.stream import LabelSet, batches, pad_rows
 
@@ -46,6 +47,9 @@ class LabelSetDataset(torch.utils.data.IterableDataset):
                  batch_size: int = 1):
         super().__init__()
         self.labels = LabelSet(path, views=tuple(views), verify=verify, follow=follow)
+        if self.labels.targets != "topk":
+            raise ValueError(f"{path} holds {self.labels.targets!r} targets (schema v2): this "
+                             "dataset yields top-k rows only; train on it with `kd train`")
         if rank is None:
             dist = torch.distributed.is_available() and torch.distributed.is_initialized()
             rank, world = ((torch.distributed.get_rank(), torch.distributed.get_world_size())
@@ -103,7 +107,7 @@ def collate_rows(rows: list[dict], pad_id: int = 0) -> dict:
                  [r["topk_ids"].numpy() for r in rows],
                  [r["topk_logprobs"].numpy() for r in rows], {}, pad_id)
     labels = torch.full_like(b.input_ids, -100)
-    labels[b.pos_b, b.pos_t + 1] = b.targets
+    labels[b.pos_b, predicted(b.pos_t)] = b.targets
     last = max(r["position"] for r in rows)
     return {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "labels": labels,
             "pos_b": b.pos_b, "pos_t": b.pos_t, "targets": b.targets, "topk_ids": b.topk_ids,

@@ -6,6 +6,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from schemas import tokenizer_fingerprint
+from schemas.rows import predicted
 
 
 def load_student(spec: str, label_tokenizer_dir: str, seed: int = 0):
@@ -83,10 +84,10 @@ class Distiller(torch.nn.Module):
         h = out.last_hidden_state[batch.pos_b, batch.pos_t]
         summaries = {}
         if self.layer_map:
-            # response span: positions pos_t + 1 (the labelled tokens themselves)
+            # response span: the labelled tokens themselves
             count = torch.bincount(batch.pos_b, minlength=batch.input_ids.shape[0]).clamp(min=1)
             for s_layer, t_layer in self.layer_map.items():
-                hs = out.hidden_states[s_layer][batch.pos_b, batch.pos_t + 1]
+                hs = out.hidden_states[s_layer][batch.pos_b, predicted(batch.pos_t)]
                 if self.per_token:
                     summaries[t_layer] = self.proj[str(t_layer)](hs)
                     continue

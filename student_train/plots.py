@@ -23,3 +23,22 @@ def plot_metrics(metrics_path: str, png_path: str) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+def tensorboard_writer(out_dir: str, start_step: int = 0):
+    """A TensorBoard SummaryWriter on ``out_dir``/tensorboard when tensorboard is installed (the
+    ``tensorboard`` extra), else None. Events after ``start_step`` (a resumed run) are purged."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    import os
+    return SummaryWriter(os.path.join(out_dir, "tensorboard"),
+                         purge_step=start_step + 1 if start_step else None)
+
+
+def log_scalars(writer, step: int, metrics: dict) -> None:
+    """The numeric entries of one metrics.jsonl line as TensorBoard scalars train/<name>."""
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            writer.add_scalar(f"train/{key}", value, step)

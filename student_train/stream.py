@@ -21,6 +21,7 @@ from schemas.files import TOKENIZER_DIR, copy_tokenizer
 from schemas.labelconfig import LabelConfig
 from schemas.labelset import ShardArrays, decode_table
 from schemas.manifest import load_committed
+from schemas.rows import predictor
 
 
 class LabelSet:
@@ -190,20 +191,15 @@ def collate(parts: list[tuple[ShardArrays, np.ndarray]], pad_id: int = 0) -> Bat
             for layer, h in arr.hidden.items():
                 hid[layer].append(h[arr.tok_off[r]:arr.tok_off[r + 1]] if arr.hidden_per_token
                                   else h[r][None])
-    return pad_rows(seqs, starts, tk, tl, hid, pad_id, (si, sc, sw))
+    return pad_rows(seqs, starts, tk, tl, hid, pad_id, si, sc, sw)
 
 
 def pad_rows(seqs: list, starts: list[int], tk: list, tl: list, hid: dict,
-             pad_id: int = 0, samples: tuple[list, list, list] | None = None) -> Batch:
+             pad_id: int = 0, si: list | None = None, sc: list | None = None,
+             sw: list | None = None) -> Batch:
     """Per-row arrays (input ids, first labelled position, (n, k) top-k ids and log-probs, hidden
-    targets per layer, and for sampled targets the (n, N) sample ids, counts and log weights)
-    -> one right-padded batch."""
-    if samples is None:  # top-k labels only: empty (n, 0) sample arrays
-        n_pos = [len(t) for t in tk]
-        samples = ([np.zeros((n, 0), np.int32) for n in n_pos],
-                   [np.zeros((n, 0), np.uint8) for n in n_pos],
-                   [np.zeros((n, 0), np.float32) for n in n_pos])
-    si, sc, sw = samples
+    targets per layer, and the (n, S) sampled targets when there are any) -> one right-padded
+    batch."""
     lengths = np.array([len(s) for s in seqs])
     ids = np.full((len(seqs), lengths.max()), pad_id, dtype=np.int64)
     mask = np.zeros_like(ids)
@@ -211,8 +207,11 @@ def pad_rows(seqs: list, starts: list[int], tk: list, tl: list, hid: dict,
         ids[i, :len(s)], mask[i, :len(s)] = s, 1
     pos_b = np.concatenate([np.full(n - s, i) for i, (n, s) in enumerate(zip(lengths, starts))])
     pos_p = np.concatenate([np.arange(s, n) for n, s in zip(lengths, starts)])
+    none = {"si": np.zeros((len(pos_b), 0), np.int32), "sc": np.zeros((len(pos_b), 0), np.uint8),
+            "sw": np.zeros((len(pos_b), 0), np.float32)}
+    si, sc, sw = ([none[k]] if not v else v for k, v in (("si", si), ("sc", sc), ("sw", sw)))
     return Batch(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(pos_b),
-                 torch.from_numpy(pos_p - 1), torch.from_numpy(ids[pos_b, pos_p]),
+                 torch.from_numpy(predictor(pos_p)), torch.from_numpy(ids[pos_b, pos_p]),
                  torch.from_numpy(np.concatenate(tk).astype(np.int64)),
                  torch.from_numpy(np.concatenate(tl)),
                  {layer: torch.from_numpy(np.concatenate(h)) for layer, h in hid.items()},

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from schemas.files import copy_tokenizer
-from student_train import checkpoint, losses, online, parallel
+from student_train import checkpoint, losses, online, parallel, plots
 from student_train.model import Distiller, load_student
 from student_train.stream import LabelSet, batches, loader
 
@@ -163,7 +163,47 @@ def setup_distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+@dataclasses.dataclass
+class Run:
+    """What the loop works on, built once by ``setup``: the process's place in the job, the label
+    set, the student (and, under torchrun, the wrapper the forward runs through), the optimiser,
+    the batch stream, and where the loop stands."""
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    ls: LabelSet
+    importance: bool               # weight sampled draws by the stored p/q
+    student: torch.nn.Module
+    model: Distiller
+    opt: torch.optim.Optimizer
+    engine: torch.nn.Module        # what the forward runs through (model, DDP or FSDP2)
+    shadow: Distiller | None       # FSDP2, rank 0: a plain CPU copy for checkpoints and the end
+    shadow_opt: torch.optim.Optimizer | None
+    stream: object                 # ((epoch, index), Batch) pairs
+    metrics_path: str
+    metrics: object                # rank 0: the metrics file, line-buffered
+    tb: object                     # rank 0 with tensorboard installed: its event writer
+    bar: tqdm
+    step: int = 0
+    position: tuple[int, int] = (0, 0)  # the stream position of the last batch taken
+    t0: float = 0.0
+    last: dict = dataclasses.field(default_factory=dict)  # the last step's metrics
+    teacher: torch.nn.Module | None = None  # online KD: the teacher run on every batch
+    targets: str = "topk"          # KD targets: the label set's, or topk for online KD
+
+
 def train(cfg: TrainConfig, term=None) -> dict:
+    """Set up, run the loop to ``cfg.steps``, write the student. ``term``: where kd's own lines
+    and the progress bar go (default standard output / standard error)."""
+    run = setup(cfg, term)
+    loop(run)
+    return finish(run)
+
+
+def setup(cfg: TrainConfig, term=None) -> Run:
+    """The process group, the label set, the student and optimiser (resumed from the latest
+    checkpoint with ``cfg.resume``), the parallel wrapper and the batch stream."""
     rank, world, device = setup_distributed()
     torch.manual_seed(cfg.seed)
     if cfg.hidden_target not in ("mean", "tokens"):
@@ -187,30 +227,8 @@ def train(cfg: TrainConfig, term=None) -> dict:
                if online_kd else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     os.makedirs(cfg.out, exist_ok=True)
-    step, position = 0, (0, 0)
-    if cfg.resume:
-        state = checkpoint.load_latest(cfg.out, model, opt)
-        if state is not None:
-            step, position = state["step"], tuple(state["position"])
-            ls.adopt_order(state["shard_order"])
-            if rank == 0:
-                print(f"resumed from step {step} (stream epoch {position[0]}, "
-                      f"batch {position[1]})", file=term or sys.stdout)
-    engine, shadow = model, None  # engine: what the forward runs through
-    if world > 1:
-        shard = cfg.shard_model
-        if shard and rank == 0:  # a plain CPU copy for checkpoints and the final model
-            shadow = copy.deepcopy(model).cpu()
-            shadow_opt = torch.optim.AdamW(shadow.parameters(), lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay)
-        names = [name for name, _ in model.named_parameters()]
-        engine = parallel.wrap(model, device, shard)
-        if shard:  # the optimiser over the shards, with the resumed state if any
-            plain_opt, opt = opt, torch.optim.AdamW(model.parameters(), lr=cfg.lr,
-                                                    weight_decay=cfg.weight_decay)
-            if plain_opt.state:
-                parallel.load_optimizer(model, opt, plain_opt, names)
-            del plain_opt
+    step, position = resume(cfg, model, opt, ls, rank, term)
+    engine, opt, shadow, shadow_opt = wrap(cfg, model, opt, device, rank, world)
     metrics_path = cfg.metrics_file or os.path.join(cfg.out, "metrics.jsonl")
     if rank == 0:
         truncate_metrics(metrics_path, step)
@@ -226,62 +244,137 @@ def train(cfg: TrainConfig, term=None) -> dict:
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                mininterval=0.5 if (term or sys.stderr).isatty() else 15, disable=rank != 0,
                file=term or sys.stderr)
-    t0, last = time.time(), {}
-    mf = open(metrics_path, "a", buffering=1) if rank == 0 else None  # line-buffered
-    while step < cfg.steps:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, step)
-        opt.zero_grad(set_to_none=True)
-        parts, t_step, wait, digest = [], time.perf_counter(), 0.0, hashlib.sha256()
-        for _ in range(cfg.grad_accum):
-            t_wait = time.perf_counter()
-            (epoch, index), batch = next(stream)
-            wait += time.perf_counter() - t_wait
-            digest.update(batch.input_ids.numpy().tobytes())
-            batch, denom = batch.to(device), None
-            if teacher is not None:
-                batch = online.with_teacher(teacher, batch)
-            if world > 1:
-                count = torch.tensor(float(batch.targets.numel()), device=device)
-                dist.all_reduce(count)
-                denom = count.item() / world
-            with parallel.grad_sync(engine, len(parts) == cfg.grad_accum - 1):
-                parts.append(backward_step(model, batch, cfg, 1.0 / cfg.grad_accum, denom,
-                                           engine, targets, importance))
-        last = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        last.update(step_s=time.perf_counter() - t_step, data_wait_s=wait,
-                    batch=digest.hexdigest()[:16])  # which rows this step saw
-        bar.update(1)
-        bar.set_postfix(loss=f"{last['loss']:.3f}", ce=f"{last['ce']:.3f}", refresh=False)
-        if mf:
-            mf.write(json.dumps({"step": step, "lr": lr_at(cfg, step - 1), **last}) + "\n")
-        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-            if world > 1 and cfg.shard_model:
-                parallel.gather(model, opt, shadow, shadow_opt if shadow is not None else None)
-            if rank == 0:
-                mf.flush()
-                checkpoint.save(cfg.out, model if shadow is None else shadow,
-                                opt if shadow is None else shadow_opt, {
-                    "step": step, "position": [epoch, index + 1],
-                    "shard_order": [s.path for s in ls.shards]})
-            if world > 1:
-                dist.barrier()
-    bar.close()
-    if world > 1 and cfg.shard_model:
-        parallel.gather(model, opt, shadow, shadow_opt if shadow is not None else None)
+    t0 = time.time()
+    metrics = open(metrics_path, "a", buffering=1) if rank == 0 else None  # line-buffered
+    tb = plots.tensorboard_writer(cfg.out, step) if rank == 0 else None
+    return Run(cfg, rank, world, device, ls, importance, student, model, opt, engine, shadow,
+               shadow_opt, stream, metrics_path, metrics, tb, bar, step, position, t0,
+               teacher=teacher, targets=targets)
+
+
+def resume(cfg: TrainConfig, model: Distiller, opt, ls: LabelSet, rank: int, term=None
+           ) -> tuple[int, tuple[int, int]]:
+    """With ``cfg.resume``, load the latest checkpoint into model and optimiser and adopt its
+    shard order; -> (step, stream position) to go on from, (0, (0, 0)) for a fresh run."""
+    if not cfg.resume:
+        return 0, (0, 0)
+    state = checkpoint.load_latest(cfg.out, model, opt)
+    if state is None:
+        return 0, (0, 0)
+    step, position = state["step"], tuple(state["position"])
+    ls.adopt_order(state["shard_order"])
     if rank == 0:
-        mf.close()
-        (student if shadow is None else shadow.student).save_pretrained(
+        print(f"resumed from step {step} (stream epoch {position[0]}, batch {position[1]})",
+              file=term or sys.stdout)
+    return step, position
+
+
+def wrap(cfg: TrainConfig, model: Distiller, opt, device, rank: int, world: int) -> tuple:
+    """Under torchrun: the DDP or FSDP2 wrapper (-> engine), with FSDP2 a new optimiser over the
+    shards carrying the resumed state, and on rank 0 a plain CPU shadow copy (and its optimiser)
+    for checkpoints and the final model. -> (engine, opt, shadow, shadow_opt)."""
+    if world == 1:
+        return model, opt, None, None
+    shard, shadow, shadow_opt = cfg.shard_model, None, None
+    if shard and rank == 0:
+        shadow = copy.deepcopy(model).cpu()
+        shadow_opt = torch.optim.AdamW(shadow.parameters(), lr=cfg.lr,
+                                       weight_decay=cfg.weight_decay)
+    names = [name for name, _ in model.named_parameters()]
+    engine = parallel.wrap(model, device, shard)
+    if shard:  # the optimiser over the shards, with the resumed state if any
+        plain_opt, opt = opt, torch.optim.AdamW(model.parameters(), lr=cfg.lr,
+                                                weight_decay=cfg.weight_decay)
+        if plain_opt.state:
+            parallel.load_optimizer(model, opt, plain_opt, names)
+        del plain_opt
+    return engine, opt, shadow, shadow_opt
+
+
+def loop(run: Run) -> None:
+    """Optimiser steps until ``cfg.steps``: metrics per step, a checkpoint every save_every."""
+    cfg = run.cfg
+    while run.step < cfg.steps:
+        t_step = time.perf_counter()
+        means, wait, digest = optimizer_step(run)
+        run.step += 1
+        run.last = {**means, "step_s": time.perf_counter() - t_step, "data_wait_s": wait,
+                    "batch": digest}  # which rows this step saw
+        run.bar.update(1)
+        run.bar.set_postfix(loss=f"{run.last['loss']:.3f}", ce=f"{run.last['ce']:.3f}",
+                            refresh=False)
+        if run.metrics:
+            run.metrics.write(json.dumps({"step": run.step, "lr": lr_at(cfg, run.step - 1),
+                                          **run.last}) + "\n")
+        if run.tb:
+            plots.log_scalars(run.tb, run.step, {"lr": lr_at(cfg, run.step - 1), **run.last})
+        if cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.steps:
+            save_checkpoint(run)
+
+
+def optimizer_step(run: Run) -> tuple[dict, float, str]:
+    """One optimiser step over cfg.grad_accum micro-batches; -> the micro-batches' mean metrics,
+    the seconds spent waiting for batches and a digest of the rows the step saw."""
+    cfg, world = run.cfg, run.world
+    for g in run.opt.param_groups:
+        g["lr"] = lr_at(cfg, run.step)
+    run.opt.zero_grad(set_to_none=True)
+    parts, wait, digest = [], 0.0, hashlib.sha256()
+    for _ in range(cfg.grad_accum):
+        t_wait = time.perf_counter()
+        run.position, batch = next(run.stream)
+        wait += time.perf_counter() - t_wait
+        digest.update(batch.input_ids.numpy().tobytes())
+        batch, denom = batch.to(run.device), None
+        if run.teacher is not None:
+            batch = online.with_teacher(run.teacher, batch)
+        if world > 1:
+            count = torch.tensor(float(batch.targets.numel()), device=run.device)
+            dist.all_reduce(count)
+            denom = count.item() / world
+        with parallel.grad_sync(run.engine, len(parts) == cfg.grad_accum - 1):
+            parts.append(backward_step(run.model, batch, cfg, 1.0 / cfg.grad_accum, denom,
+                                       run.engine, run.targets, run.importance))
+    means = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
+    run.opt.step()
+    return means, wait, digest.hexdigest()[:16]
+
+
+def save_checkpoint(run: Run) -> None:
+    """A resumable checkpoint of the step just taken (rank 0 writes; FSDP2 gathers first)."""
+    if run.world > 1 and run.cfg.shard_model:
+        parallel.gather(run.model, run.opt, run.shadow, run.shadow_opt)
+    if run.rank == 0:
+        run.metrics.flush()
+        epoch, index = run.position
+        checkpoint.save(run.cfg.out, run.model if run.shadow is None else run.shadow,
+                        run.opt if run.shadow is None else run.shadow_opt, {
+                            "step": run.step, "position": [epoch, index + 1],
+                            "shard_order": [s.path for s in run.ls.shards]})
+    if run.world > 1:
+        dist.barrier()
+
+
+def finish(run: Run) -> dict:
+    """Rank 0 writes the student (safetensors), its tokenizer, the config and the loss plot;
+    the process group is closed. -> the run's summary."""
+    cfg = run.cfg
+    run.bar.close()
+    if run.world > 1 and cfg.shard_model:
+        parallel.gather(run.model, run.opt, run.shadow, run.shadow_opt)
+    if run.rank == 0:
+        run.metrics.close()
+        if run.tb:
+            run.tb.close()
+        (run.student if run.shadow is None else run.shadow.student).save_pretrained(
             cfg.out, safe_serialization=True)
-        copy_tokenizer(ls.tokenizer_dir(), cfg.out)
+        copy_tokenizer(run.ls.tokenizer_dir(), cfg.out)
         with open(os.path.join(cfg.out, "train_config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
-        from student_train.plots import plot_metrics
-        plot_metrics(metrics_path, os.path.join(cfg.out, "loss.png"))
-    if world > 1:
+        plots.plot_metrics(run.metrics_path, os.path.join(cfg.out, "loss.png"))
+    if run.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return {"steps": step, "seconds": time.time() - t0, "rank": rank, "world": world, **last}
+    return {"steps": run.step, "seconds": time.time() - run.t0, "rank": run.rank,
+            "world": run.world, **run.last}

@@ -49,3 +49,13 @@ def test_errors_reach_the_terminal(tmp_path, capfd):
     assert "kd train: error: no manifest.json" in out + err
     assert str(tmp_path / "out" / "kd-train.log") in out + err
     assert "Traceback" in (tmp_path / "out" / "kd-train.log").read_text()
+
+
+def test_speed_advice_summarised_once(tmp_path):
+    log = tmp_path / "kd-label.log"
+    log.write_text("WARNING [cpu_worker.py:114] libtcmalloc is not found in LD_PRELOAD. For best\n"
+                   "WARNING [cpu_worker.py:114] libiomp is not found in LD_PRELOAD. For best\n" * 3)
+    advice = kd_cli.speed_advice(str(log))
+    assert advice.count("libiomp") == 1 and advice.count("libtcmalloc") == 1
+    log.write_text("nothing to say\n")
+    assert kd_cli.speed_advice(str(log)) is None

@@ -88,7 +88,8 @@ def test_prompt_records_for_generate_mode(teacher_dir):
     assert isinstance(r, records.Record) and r.response is None
     assert parse({"id": "a", "prompt": "p", "x": 1}, "prompt")["reason"] == "extra_field"
     tok = load_tokenizer(teacher_dir)
-    ex = records.Example("a", "Copy the word: abc =", None, "cp abc =", ("f", 1), ("g", 1))
+    ex = records.Example("a", "Copy the word: abc =", None, "cp abc =", ("f", 1), ("g", 1),
+                         "generate")
     (t,) = tokenize_example(tok, ex, 64)
     assert t.raw_ids[t.raw_start:] == [] and t.simplified_ids[t.simplified_start:] == []
     n_prompt = len(t.raw_ids)

@@ -1,0 +1,84 @@
+"""Errors for the mistakes a newcomer makes, on the terminal with what to do, before any work."""
+import json
+
+import kd_cli
+
+
+def label(tmp_path, teacher, capfd):
+    code = kd_cli.main(["label", "--teacher", str(teacher), "--input", str(tmp_path / "in.jsonl"),
+                        "--out", str(tmp_path / "out")])
+    out, err = capfd.readouterr()
+    return code, err
+
+
+def test_teacher_missing(tmp_path, capfd):
+    code, err = label(tmp_path, tmp_path / "no-such-teacher", capfd)
+    assert code == 1
+    assert "no-such-teacher: no such directory (give a transformers model directory" in err
+
+
+def test_teacher_not_a_model(tmp_path, capfd):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("hi")
+    code, err = label(tmp_path, tmp_path / "notes", capfd)
+    assert code == 1
+    assert "is not a transformers model directory: no config.json (found: readme.txt)" in err
+    (tmp_path / "notes" / "config.json").write_text(json.dumps({"hello": 1}))
+    code, err = label(tmp_path, tmp_path / "notes", capfd)
+    assert code == 1 and "is not a model config" in err
+
+
+def test_yaml_key_that_does_not_exist(tmp_path, capfd):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text("labels: x\nstudent: y\nout: z\nsteps: 3\nlearning_rate: 0.1\n")
+    code = kd_cli.main(["train", "--config", str(cfg)])
+    err = capfd.readouterr().err
+    assert code == 1 and "unknown keys ['learning_rate']" in err and "'lr'" in err
+
+
+def test_input_columns_missing(tmp_path, capfd):
+    import os
+    teacher = os.path.join(os.path.dirname(__file__), "..", "..", "demo", "teacher")
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"uid": str(i), "question": "q", "answer": "a"}) + "\n"
+                for i in range(5)))
+    code, err = label(tmp_path, teacher, capfd)
+    assert code == 1
+    assert "no record has the column(s) id, prompt, response (found: answer, question, uid)" in err
+    assert "--columns id=<your column>,prompt=<your column>,response=<your column>" in err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_check_columns_with_a_mapping_and_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import pytest
+    from pipeline.records import check_columns
+    path = tmp_path / "in.jsonl"
+    path.write_text('oops\n{"uid": "1", "question": "q", "answer": "a"}\n')
+    check_columns(str(path), "raw", {"id": "uid", "prompt": "question", "response": "answer"})
+    with pytest.raises(ValueError, match="column\\(s\\) response \\(found"):
+        check_columns(str(path), "raw", {"id": "uid", "prompt": "question"})
+    pq.write_table(pa.table({"id": ["1"], "text": ["t"]}), tmp_path / "in.parquet")
+    check_columns(str(tmp_path / "in.parquet"), "text")
+    with pytest.raises(ValueError, match="found: id, text"):
+        check_columns(str(tmp_path / "in.parquet"), "raw")
+
+
+def test_simplified_ids_match_nothing(tmp_path, capfd):
+    import os
+    teacher = os.path.join(os.path.dirname(__file__), "..", "..", "demo", "teacher")
+    (tmp_path / "in.jsonl").write_text("".join(
+        json.dumps({"id": f"r{i}", "prompt": "p", "response": "a"}) + "\n" for i in range(5)))
+    (tmp_path / "simp.jsonl").write_text("".join(
+        json.dumps({"id": f"s{i}", "prompt": "p"}) + "\n" for i in range(5)))
+    code = kd_cli.main(["label", "--teacher", teacher, "--input", str(tmp_path / "in.jsonl"),
+                        "--simplified", str(tmp_path / "simp.jsonl"),
+                        "--out", str(tmp_path / "out")])
+    err = capfd.readouterr().err
+    assert code == 1
+    assert "none of its first 5 ids matches a record of" in err and "'s0'" in err
+    assert "raw ['r0', 'r1', 'r2']" in err
+    from pipeline.records import check_pairing
+    (tmp_path / "simp.jsonl").write_text('{"id": "s0", "prompt": "p"}\n{"id": "r4", "prompt": "p"}\n')
+    check_pairing(str(tmp_path / "in.jsonl"), str(tmp_path / "simp.jsonl"))  # one match is enough
