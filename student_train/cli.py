@@ -33,6 +33,9 @@ def add_parsers(sub) -> None:
     tr.add_argument("--alpha", type=float, help="skew KL / skew reverse KL alpha (0.1)")
     tr.add_argument("--no-tail", dest="tail", action="store_const", const=False,
                     help="renormalise the teacher over its top k instead of a tail bucket")
+    tr.add_argument("--teacher", help="online KD: a teacher model directory (transformers) run in "
+                         "the loop; the KD term uses its full vocabulary instead of the cached "
+                         "top k (same tokenizer as the label set)")
     tr.add_argument("--hidden-weight", type=float, help="weight of the hidden-state loss (0 = off)")
     tr.add_argument("--hidden-loss", choices=["mse", "cosine"])
     tr.add_argument("--hidden-target", choices=["mean", "tokens"],
@@ -62,6 +65,8 @@ def add_parsers(sub) -> None:
     ev.add_argument("--student", action="append", required=True,
                     help="student model directory, optionally NAME=DIR (repeatable)")
     ev.add_argument("--views", default="raw,simplified")
+    ev.add_argument("--teacher", help="score KL and top-1 agreement against this teacher model's "
+                         "full distribution (run here) instead of the cached top k")
     ev.add_argument("--exact-match", action="store_true",
                     help="also decode greedily from each prompt and report the share of rows "
                          "whose response is reproduced exactly (column 'exact')")
@@ -113,7 +118,7 @@ def eval_main(args, _rest) -> int:
     for spec in args.student:
         name, _, path = spec.rpartition("=")
         for view in args.views.split(","):
-            r = evaluate(path, args.labels, view)
+            r = evaluate(path, args.labels, view, teacher=args.teacher)
             if args.exact_match:
                 r["exact"] = exact_match(path, args.labels, view)["exact"]
             results.append({**r, "name": name or os.path.basename(path.rstrip("/"))})

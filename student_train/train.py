@@ -1,5 +1,8 @@
 """The training loop: stream batches, lambda*CE + (1-lambda)*T^2*KD [+ hidden], AdamW, checkpoints.
 
+KD targets are the label set's cached top k, or with ``teacher`` the full distribution of a
+teacher run in the loop (student_train/online.py).
+
 Runs as one process or under torchrun (data parallel; gloo on CPU, nccl on GPU): every rank walks
 the same global batches and takes its own slice of each, so per-rank step counts are always
 equal; torch's DDP averages the gradients once per optimiser step, or FSDP2 shards the model
@@ -19,7 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from schemas.files import copy_tokenizer
-from student_train import checkpoint, losses, parallel, plots
+from student_train import checkpoint, losses, online, parallel, plots
 from student_train.model import Distiller, load_student
 from student_train.stream import LabelSet, batches, loader
 
@@ -58,6 +61,7 @@ class TrainConfig:
     shard_model: bool = False     # under torchrun: FSDP2 (sharded) instead of DDP (replicated)
     chunk_positions: int = 4096   # positions per logits chunk (bounds full-vocab memory)
     metrics_file: str | None = None
+    teacher: str | None = None    # online KD: this teacher model runs in the loop (full vocab)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -185,6 +189,8 @@ class Run:
     position: tuple[int, int] = (0, 0)  # the stream position of the last batch taken
     t0: float = 0.0
     last: dict = dataclasses.field(default_factory=dict)  # the last step's metrics
+    teacher: torch.nn.Module | None = None  # online KD: the teacher run on every batch
+    targets: str = "topk"          # KD targets: the label set's, or topk for online KD
 
 
 def train(cfg: TrainConfig, term=None) -> dict:
@@ -208,13 +214,17 @@ def setup(cfg: TrainConfig, term=None) -> Run:
     sync = broadcast_from_rank0 if world > 1 else None
     if sync:
         ls.shards = sync(ls.shards)
-    losses.check_sampled(ls.targets, cfg.divergence, cfg.temperature, ls.proposal_temperature)
+    online_kd = bool(cfg.teacher) and cfg.lam < 1.0
+    targets = "topk" if online_kd else ls.targets  # online: the teacher's full distribution
+    losses.check_sampled(targets, cfg.divergence, cfg.temperature, ls.proposal_temperature)
     # draws at tau != T = 1 need their weights p/q; at T = tau the draws are the target itself
     importance = not math.isclose(cfg.temperature, ls.proposal_temperature)
     student, tok = load_student(cfg.student, ls.tokenizer_dir(), cfg.seed)
     model = Distiller(student, ls.hidden_layers if cfg.hidden_weight > 0 else [],
                       ls.hidden_dim, cfg.layer_map, ls.teacher_layers, per_token).to(device)
     model.train()
+    teacher = (online.load_teacher(cfg.teacher, ls.tokenizer_dir(), student).to(device)
+               if online_kd else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     os.makedirs(cfg.out, exist_ok=True)
     step, position = resume(cfg, model, opt, ls, rank, term)
@@ -238,7 +248,8 @@ def setup(cfg: TrainConfig, term=None) -> Run:
     metrics = open(metrics_path, "a", buffering=1) if rank == 0 else None  # line-buffered
     tb = plots.tensorboard_writer(cfg.out, step) if rank == 0 else None
     return Run(cfg, rank, world, device, ls, importance, student, model, opt, engine, shadow,
-               shadow_opt, stream, metrics_path, metrics, tb, bar, step, position, t0)
+               shadow_opt, stream, metrics_path, metrics, tb, bar, step, position, t0,
+               teacher=teacher, targets=targets)
 
 
 def resume(cfg: TrainConfig, model: Distiller, opt, ls: LabelSet, rank: int, term=None
@@ -315,13 +326,15 @@ def optimizer_step(run: Run) -> tuple[dict, float, str]:
         wait += time.perf_counter() - t_wait
         digest.update(batch.input_ids.numpy().tobytes())
         batch, denom = batch.to(run.device), None
+        if run.teacher is not None:
+            batch = online.with_teacher(run.teacher, batch)
         if world > 1:
             count = torch.tensor(float(batch.targets.numel()), device=run.device)
             dist.all_reduce(count)
             denom = count.item() / world
         with parallel.grad_sync(run.engine, len(parts) == cfg.grad_accum - 1):
             parts.append(backward_step(run.model, batch, cfg, 1.0 / cfg.grad_accum, denom,
-                                       run.engine, run.ls.targets, run.importance))
+                                       run.engine, run.targets, run.importance))
     means = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
     torch.nn.utils.clip_grad_norm_(run.model.parameters(), 1.0)
     run.opt.step()
