@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The distillation study (docs/STUDY.md), through the project's own labelling, training and
-# evaluation. `make study` runs it in full and rewrites docs/study/*.md and their plots;
+# evaluation. `make study` runs it in full: the task experiments (lambda_sweep, context_distillation,
+# multi_level) rewrite docs/study/*.md and their plots, the language-model ones (kl_direction,
+# fidelity) write their tables, JSON and plots under $OUT/<script> for docs/study/*.md;
 # `make study-quick` (QUICK=1) runs every arm of every experiment end to end on a few examples
 # and writes only under $OUT (default runs/study-quick): it checks the machinery, not the findings.
 set -euo pipefail
