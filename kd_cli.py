@@ -151,6 +151,35 @@ def log_path(args) -> str | None:
 
 
 @contextlib.contextmanager
+def tee_descriptors(path: str):
+    """With -v: file descriptors 1 and 2 still reach the terminal, and a copy of both goes to
+    ``path`` (one ``tee -a`` process per descriptor), so the log file exists either way."""
+    import subprocess
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved, tees = [], []
+    for fd in (1, 2):
+        saved.append(os.dup(fd))
+        tee = subprocess.Popen(["tee", "-a", path], stdin=subprocess.PIPE, stdout=saved[-1])
+        os.dup2(tee.stdin.fileno(), fd)
+        tees.append(tee)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        for tee in tees:
+            tee.stdin.close()
+            try:
+                tee.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # a child process still holds the pipe
+                tee.kill()
+
+
+@contextlib.contextmanager
 def quiet_output(path: str | None, verbose: bool):
     """Yield the stream (standard output) for kd's own lines: stages, progress bars, summaries.
 
@@ -164,7 +193,9 @@ def quiet_output(path: str | None, verbose: bool):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
         log.handlers = [handler]
-        yield sys.stdout
+        with tee_descriptors(path) if path else contextlib.nullcontext():
+            yield sys.stdout
+        log.handlers = []
         return
     sys.stdout.flush()
     sys.stderr.flush()

@@ -39,6 +39,9 @@ def test_verbose_shows_everything(tmp_path, capfd):
         print("summary", file=term)
     out, err = capfd.readouterr()
     assert "engine stderr" in err and "a stage" in err and "summary" in out
+    assert "engine stderr" in log.read_text()  # and a copy of the descriptors in the log
+    os.write(2, b"after\n")  # the descriptors are back
+    assert "after" in capfd.readouterr().err and "after" not in log.read_text()
 
 
 def test_errors_reach_the_terminal(tmp_path, capfd):
