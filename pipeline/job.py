@@ -26,7 +26,7 @@ from schemas import (Manifest, ShardInfo, load_manifest, teacher_fingerprint,
                      tokenizer_fingerprint, write_manifest)
 from schemas.rows import PROJECTION
 from schemas import labelset
-from schemas.files import TOKENIZER_DIR, copy_tokenizer
+from schemas.files import TOKENIZER_DIR, check_store, copy_tokenizer
 from schemas.labelconfig import LabelConfig
 from schemas.labelset import committed_shards, shard_present
 from schemas.manifest import clear_stale_commits, read_commit, strip_credentials, write_commit
@@ -363,6 +363,7 @@ def run(job: LabelJob, beam_args: list[str], watch=None) -> dict:
     if job.mode == "text" and job.simplified:
         raise ValueError("plain text mode labels single texts: no simplified input")
     config = label_config(job, mcfg)
+    check_store(job.input, job.simplified, job.out)
     records.check_columns(job.input, {"text": "text", "generate": "prompt"}.get(job.mode, "raw"),
                           dict(job.columns))
     if job.simplified:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 from schemas import ShardInfo, load_manifest, verify_shard
-from schemas.files import TOKENIZER_DIR, copy_tokenizer
+from schemas.files import TOKENIZER_DIR, check_store, copy_tokenizer
 from schemas.labelconfig import LabelConfig
 from schemas.labelset import ShardArrays, decode_table
 from schemas.manifest import load_committed
@@ -33,6 +33,7 @@ class LabelSet:
                  timeout: float = 3600.0, simplified_ratio: float | None = None,
                  hidden_per_token: bool = False):
         self.path = path.rstrip("/")
+        check_store(self.path)
         self.fs, self.root = fsspec.core.url_to_fs(self.path)
         self.views, self.verify, self.poll = views, verify, poll
         self.simplified_ratio = simplified_ratio

@@ -1,5 +1,6 @@
 """Errors for the mistakes a newcomer makes, on the terminal with what to do, before any work."""
 import json
+import os
 
 import kd_cli
 
@@ -82,3 +83,23 @@ def test_simplified_ids_match_nothing(tmp_path, capfd):
     from pipeline.records import check_pairing
     (tmp_path / "simp.jsonl").write_text('{"id": "s0", "prompt": "p"}\n{"id": "r4", "prompt": "p"}\n')
     check_pairing(str(tmp_path / "in.jsonl"), str(tmp_path / "simp.jsonl"))  # one match is enough
+
+
+def test_s3_without_credentials(tmp_path, monkeypatch, capfd):
+    """No AWS variables, no ~/.aws files (and no instance-metadata lookup): kd label and kd train
+    stop before any work and say what to set. Nothing is contacted."""
+    for var in list(os.environ):
+        if var.startswith("AWS_"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    code = kd_cli.main(["label", "--teacher", "demo/teacher", "--input", "s3://bucket/raw.jsonl",
+                        "--out", str(tmp_path / "out")])
+    err = capfd.readouterr().err
+    assert code == 1
+    assert "s3://bucket/raw.jsonl: no S3 credentials found" in err and "AWS_ENDPOINT_URL" in err
+    code = kd_cli.main(["train", "--labels", "s3://bucket/labels", "--student",
+                        "demo/student.json", "--out", str(tmp_path / "s"), "--steps", "1"])
+    err = capfd.readouterr().err
+    assert code == 1 and "s3://bucket/labels: no S3 credentials found" in err
