@@ -216,7 +216,8 @@ class Progress:
         before = {r["chunk"] for r in read_commits(self.job.out) if r["cache_key"] == self.key}
         bar = tqdm(total=total, desc="label", unit="shard", dynamic_ncols=True,
                    mininterval=self.every, file=self.file)
-        while not self.stop.wait(self.every):
+        while True:
+            stopping = self.stop.wait(self.every)
             new = [r["shard"] for r in read_commits(self.job.out)
                    if r["cache_key"] == self.key and r["chunk"] not in before]
             bar.n = len(new)
@@ -224,6 +225,8 @@ class Progress:
             bar.set_postfix(rows=sum(s["rows"] for s in new),
                             tok_s=f"{sum(s['tokens'] for s in new) / elapsed:.0f}", refresh=False)
             bar.refresh()
+            if stopping:  # a last look after the job: its final shards commit at the end
+                break
         bar.close()
 
 

@@ -151,6 +151,13 @@ def test_out_holds_another_cache_key(teacher, teacher_config, demo_inputs, tmp_p
     new = load_manifest(out)
     assert new.cache_key == new_key and s["rows_labelled"] == 6 and s["shards_reused"] == 0
     assert kd_cli.main(["cache", "verify", out]) == 0
+    old_shards = {s.path for s in old.shards}
+    assert old_shards.isdisjoint(s.path for s in new.shards)
+    assert kd_cli.main(["cache", "gc", out, "--min-age", "0", "--yes"]) == 0  # superseded shards
+    assert not any((pathlib.Path(out) / p).exists() for p in old_shards)
+    assert all((pathlib.Path(out) / s.path).exists() for s in new.shards)
+    assert kd_cli.main(["cache", "verify", out]) == 0
+    capfd.readouterr()
     again = job.run(new_job, [])  # the same key: a rerun, no --overwrite needed
     assert again["shards_reused"] == again["shards"] == 2
     # an interrupted --overwrite run (old manifest, new commit records) resumes without it
