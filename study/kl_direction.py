@@ -3,7 +3,9 @@ capacity-limited student of the language-model teacher.
 
 Protocol (fixed before any run): the teacher, texts, label sets and student of study/fidelity.py
 (1-layer d-64 Llama); the teacher runs online (``--teacher``, full vocabulary) so that only the
-divergence differs; lambda = 0, T = 1, the same token budget and seeds {0, 1, 2}. On held-out text:
+divergence differs; lambda = 0, T = 1, the same token budget and seeds {0, 1, 2}; one learning rate
+for every arm, chosen from study.fidelity.LRS by the mean validation NLL of the forward and reverse
+KL arms (seed 0, the validation split, never the held-out text). On held-out text:
 - entropy of the student's next-token distribution (nats, mean over positions);
 - mode share: of the teacher's top-5 tokens at a position, the share that are also in the
   student's top 5 (mean over positions);
@@ -23,10 +25,9 @@ import pathlib
 import sys
 import time
 
-import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run as a script
-from study.fidelity import FULL, QUICK, REDUCED, STUDENT, TEACHER, label_all
+from study.fidelity import FULL, QUICK, REDUCED, STUDENT, TEACHER, choose_lr, label_all, mean_std
 
 ARMS = {"forward_kl": {}, "reverse_kl": {}, "jsd": {"beta": 0.5}, "tvd": {}}
 N_SAMPLES, SAMPLE_LEN, TOP_MODES = 32, 32, 5
@@ -77,13 +78,17 @@ def run(p: dict, work: str) -> list[dict]:
     with open(student, "w") as f:
         json.dump(STUDENT, f)
     sets = label_all(work, p, names=("k1",))
+    online = {arm: ("k1", {"lam": 0.0, "teacher": TEACHER, "divergence": arm, **over})
+              for arm, over in ARMS.items()}
+    lr = choose_lr(p, work, sets, student, {a: online[a] for a in ("forward_kl", "reverse_kl")})
+    print(f"learning rate {lr:g} (validation sweep)", flush=True)
     rows = []
     for seed in p["seeds"]:
         for arm, over in ARMS.items():
             out = f"{work}/runs/{arm}-s{seed}"
             train(TrainConfig(labels=sets["k1"], student=student, out=out, steps=p["steps"],
-                              batch_size=p["batch"], seed=seed, views=("raw",), lam=0.0,
-                              teacher=TEACHER, divergence=arm, **over))
+                              batch_size=p["batch"], seed=seed, views=("raw",), lr=lr,
+                              **online[arm][1]))
             r = evaluate(out, sets["heldout"], "raw", teacher=TEACHER)
             rows.append({"arm": arm, "seed": seed, "nll": r["ce"], "kl": r["kl"],
                          **student_stats(out, sets["heldout"], seed)})
@@ -100,11 +105,11 @@ def report(rows: list[dict], out: str) -> None:
         vals = {m: [r[m] for r in rows if r["arm"] == arm] for m in METRICS}
         if not vals["nll"]:
             continue
-        summary[arm] = {m: (float(np.mean(v)), float(np.std(v))) for m, v in vals.items()}
+        summary[arm] = {m: mean_std(v) for m, v in vals.items()}
         lines.append(f"| {arm} | " + " | ".join(f"{summary[arm][m][0]:.4f} ± "
                                                  f"{summary[arm][m][1]:.4f}" for m in METRICS)
                      + " |")
-    lines.append(f"\nmean ± std over {len(seeds)} seed(s)")
+    lines.append(f"\nmean ± sample std over {len(seeds)} seed(s)")
     with open(f"{out}/table.md", "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(f"{out}/results.json", "w") as f:

@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-OUT=${OUT:-runs/study$([ "${QUICK:-0}" = 1 ] && echo -quick)}
-mode=(); [ "${QUICK:-0}" = 1 ] && mode=(--quick)
+if [ "${QUICK:-0}" = 1 ]; then mode=(--quick); OUT=${OUT:-runs/study-quick}
+else mode=(); OUT=${OUT:-runs/study}; fi
 mkdir -p "$OUT"
 lscpu | grep -E "Model name|^CPU\(s\)" > "$OUT/machine.txt" || true
 echo "== experiment 1: KL arithmetic (unit test)"

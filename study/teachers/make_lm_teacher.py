@@ -148,8 +148,10 @@ def main() -> None:
     model.save_pretrained(args.out, safe_serialization=True)
     tok.save_pretrained(args.out)
     with open(os.path.join(args.out, "teacher_train.json"), "w") as f:
-        json.dump({"steps": step, "seconds": round(time.time() - t0, 1), "last_loss": loss.item(),
-                   "train_docs": len(train), "heldout_docs": len(held), **vars(args)}, f, indent=1)
+        where = {k: os.path.relpath(getattr(args, k), ROOT) for k in ("out", "data")}
+        json.dump({**vars(args), **where, "max_steps": args.steps, "steps": step,
+                   "seconds": round(time.time() - t0, 1), "last_loss": loss.item(),
+                   "train_docs": len(train), "heldout_docs": len(held)}, f, indent=1)
     print(f"saved to {args.out} after {step} steps, {time.time() - t0:.0f} s")
 
 
