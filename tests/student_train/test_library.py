@@ -162,11 +162,13 @@ def test_resume_continues_exactly(label_set):
     assert head + ids_of(again) == full
 
 
-def test_hf_trainer_example_end_to_end(label_set, tmp_path):
+@pytest.mark.parametrize("which", ["topk", "sampled"])
+def test_hf_trainer_example_end_to_end(which, label_set, sampled_set, tmp_path):
     out = tmp_path / "student_hf"
     env = {**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    labels = label_set["out"] if which == "topk" else sampled_set[0]
     proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "hf_trainer.py"),
-                           "--labels", label_set["out"], "--student",
+                           "--labels", labels, "--student",
                            os.path.join(REPO, "demo", "student.json"), "--out", str(out),
                            "--steps", "30", "--batch-size", "8"],
                           capture_output=True, text=True, env=env, timeout=600)
@@ -176,5 +178,5 @@ def test_hf_trainer_example_end_to_end(label_set, tmp_path):
     first, last = (float(v) for v in line[0].split("loss ")[1].split(" -> ")[:2])
     assert last < first
     from student_train.evaluate import evaluate
-    r = evaluate(str(out), label_set["out"], "raw")
+    r = evaluate(str(out), label_set["out"], "raw")  # scored against the top-k set
     assert np.isfinite(r["kl"]) and r["ce"] < np.log(80)  # better than uniform over the vocab
