@@ -4,9 +4,10 @@
         --out runs/demo/student_hf --steps 300
 
 The only kd-specific parts: the label set as a torch IterableDataset, its collator, and a
-``compute_loss`` that mixes CE with the sparse KD divergence against the teacher's top k
-(student_train.library). The result is a plain transformers model directory (with the label
-set's tokenizer), so ``kd eval --student hf=runs/demo/student_hf`` compares it with the others.
+``compute_loss`` that mixes CE with the KD term against the teacher's top k or, for a sampled
+label set, the sampled estimate of the forward KL (student_train.library). The result is a plain
+transformers model directory (with the label set's tokenizer), so
+``kd eval --student hf=runs/demo/student_hf`` compares it with the others.
 Needs ``accelerate`` (Trainer's dependency) besides the project's own.
 """
 import argparse

@@ -26,6 +26,10 @@ def add_parser(sub) -> None:
     ap.add_argument("--input", help="raw JSONL {id, prompt, response} (fsspec URL); required")
     ap.add_argument("--simplified", help="simplified JSONL {id, prompt}, paired with raw by id")
     ap.add_argument("--out", help="output label-set directory (fsspec URL); required")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="--out may hold a label set of another cache key (other teacher, "
+                         "tokenizer or label config): replace it. Without it such an --out "
+                         "stops the run; the same key resumes or labels only what is new")
     ap.add_argument("--mode", choices=["score", "text", "generate"], default="score",
                     help="score: {id, prompt, response} records (teacher forcing on the given "
                          "responses); text: {id, text} records, every position after the first; "
@@ -171,7 +175,7 @@ def main(args, beam_args: list[str]) -> int:
             teacher=cfg, input=args.input, out=args.out, simplified=args.simplified,
             shard_rows=args.shard_rows, truncate=args.too_long == "truncate", mode=args.mode,
             columns=columns, chat_template=args.chat_template, encoding=args.encoding,
-            sampling=SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed))
+            overwrite=args.overwrite, sampling=SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.seed))
         summary = job.run(label_job, beam_args,
                           watch=functools.partial(Progress, file=term) if args.progress else None)
     finally:
@@ -212,7 +216,8 @@ class Progress:
         before = {r["chunk"] for r in read_commits(self.job.out) if r["cache_key"] == self.key}
         bar = tqdm(total=total, desc="label", unit="shard", dynamic_ncols=True,
                    mininterval=self.every, file=self.file)
-        while not self.stop.wait(self.every):
+        while True:
+            stopping = self.stop.wait(self.every)
             new = [r["shard"] for r in read_commits(self.job.out)
                    if r["cache_key"] == self.key and r["chunk"] not in before]
             bar.n = len(new)
@@ -220,6 +225,8 @@ class Progress:
             bar.set_postfix(rows=sum(s["rows"] for s in new),
                             tok_s=f"{sum(s['tokens'] for s in new) / elapsed:.0f}", refresh=False)
             bar.refresh()
+            if stopping:  # a last look after the job: its final shards commit at the end
+                break
         bar.close()
 
 

@@ -50,6 +50,7 @@ class LabelJob:
     encoding: str = "plain"  # shard encoding: plain (schema v1) or compact (schemas.compact)
     read_splits: int = 1    # inputs read as this many interleaved splits of whole chunks
     overlap_writes: bool = True  # write chunk n's shard while the engine labels chunk n + 1
+    overwrite: bool = False  # --out may hold a label set of another cache key: replace it
 
 
 def read_split(split: tuple[int, int, int], path: str, kind: str, columns: dict):
@@ -376,6 +377,7 @@ def run(job: LabelJob, beam_args: list[str], watch=None) -> dict:
                           "dtype": config.dtype},
               "tokenizer_fingerprint": tok_fp, "label_config": config.to_dict()}
     metadata = config.shard_metadata(t_fp, tok_fp)
+    check_out(job, header)  # before anything is written to --out
     copy_tokenizer(cfg.model_dir, f"{job.out.rstrip('/')}/{TOKENIZER_DIR}")
     clear_stale_commits(job.out, key)
     existing = committed_shards(job.out, key)
@@ -390,6 +392,52 @@ def run(job: LabelJob, beam_args: list[str], watch=None) -> dict:
             build(p, job, config, header, metadata, existing)
     manifest = load_manifest(job.out)
     return summarize(job.out, manifest)
+
+
+# label-config fields -> the kd label flags that set them (for the key-mismatch error)
+CONFIG_FLAGS = {"top_k": "--top-k", "mode": "--mode", "chat_template": "--chat-template",
+                "encoding": "--encoding", "too_long": "--too-long",
+                "hidden_layers": "--hidden-layers", "dtype": "--dtype",
+                "teacher_num_layers": "--teacher", "hidden_size": "--teacher",
+                "views": "--simplified", "hidden_proj": "--hidden-proj-dim/--hidden-proj-seed",
+                "sampling": "--max-new-tokens/--temperature/--top-p/--seed",
+                "targets": "--targets",
+                "sampled": "--samples/--proposal-temperature/--sample-seed"}
+
+
+def check_out(job: LabelJob, header: dict) -> None:
+    """An --out that holds a label set of another cache key stops the run before any teacher
+    work, unless ``job.overwrite`` (then its commit records are cleared and the manifest
+    replaced at the end). The same key (a resumed or incremental run) passes."""
+    held = None if job.overwrite else labelset.held_label_set(job.out, header["cache_key"])
+    if held is not None:
+        raise ValueError(key_mismatch(job.out, held, header))
+
+
+def key_mismatch(out: str, held: dict, header: dict) -> str:
+    """What differs between the label set ``out`` holds and this run's, and what to do."""
+    old, new = held["label_config"], header["label_config"]
+    diffs = [f"{f} ({CONFIG_FLAGS.get(f, 'label config')}) {old.get(f)!r} -> {new.get(f)!r}"
+             for f in sorted(set(old) | set(new)) if old.get(f) != new.get(f)]
+    if held["teacher_fingerprint"] not in (None, header["teacher"]["fingerprint"]):
+        path = (f"; teacher path {held['teacher_path']} -> {header['teacher']['path']}"
+                if held["teacher_path"] not in (None, header["teacher"]["path"]) else "")
+        diffs.append(f"teacher fingerprint {held['teacher_fingerprint']} -> "
+                     f"{header['teacher']['fingerprint']} (other weights or config.json{path})")
+    if held["tokenizer_fingerprint"] not in (None, header["tokenizer_fingerprint"]):
+        diffs.append(f"tokenizer fingerprint {held['tokenizer_fingerprint']} -> "
+                     f"{header['tokenizer_fingerprint']} (other tokenizer files)")
+    if not diffs:
+        diffs = (["the label config is the same, so the teacher's weights or tokenizer differ "
+                  "(its commit records do not name them)"]
+                 if held["teacher_fingerprint"] is None else
+                 ["the label config and teacher are the same: the old key was computed by "
+                  "another kd version"])
+    return (f"--out {out} already holds a label set under cache key {held['cache_key']}; this "
+            f"run's cache key is {header['cache_key']}. They differ in: {'; '.join(diffs)}. "
+            f"Choose another --out to keep both label sets, or pass --overwrite to replace it "
+            f"(its shards stay readable until the new manifest lands; `kd cache gc {out} --yes` "
+            f"then removes them).")
 
 
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"

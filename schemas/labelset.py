@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from schemas import compact, sampled
 from schemas.files import REJECTS_PATH, SHARDS_DIR, write_atomic
 from schemas.manifest import ShardInfo, load_manifest, read_commits
-from schemas.rows import REJECT_SCHEMA, hidden_column, proj_column, row_schema
+from schemas.rows import REJECT_SCHEMA, hidden_column, proj_column, read_file_metadata, row_schema
 
 ROW_GROUP_ROWS = 256
 
@@ -243,3 +243,31 @@ def committed_shards(out: str, key: str) -> dict:
         pass
     found.update({r["chunk"]: r["shard"] for r in read_commits(out) if r["cache_key"] == key})
     return {c: info for c, info in found.items() if shard_present(out, info)}
+
+
+def held_label_set(out: str, key: str) -> dict | None:
+    """The label set ``out`` already holds under a cache key other than ``key``, or None (empty,
+    or holding ``key`` only: a resumed or incremental run). A directory whose commit records are
+    all of ``key`` is a run of ``key`` in progress (an interrupted ``--overwrite`` run included),
+    whatever its older manifest says. Returns {cache_key, label_config, teacher_fingerprint,
+    tokenizer_fingerprint, teacher_path}; a value not recorded where it was found is None."""
+    commits = read_commits(out)
+    other = [r for r in commits if r["cache_key"] != key]
+    try:
+        m = load_manifest(out)
+    except FileNotFoundError:
+        m = None
+    if m is not None and m.cache_key != key and (other or not commits):
+        return {"cache_key": m.cache_key, "label_config": m.label_config,
+                "teacher_fingerprint": m.teacher.get("fingerprint"),
+                "tokenizer_fingerprint": m.tokenizer_fingerprint or None,
+                "teacher_path": m.teacher.get("path")}
+    if not other:
+        return None
+    r = other[0]  # commit records name no teacher: the shard's file metadata does
+    fs, root = fsspec.core.url_to_fs(out)
+    meta = (read_file_metadata(f"{root}/{r['shard']['path']}", filesystem=fs)
+            if shard_present(out, r["shard"]) else {})
+    return {"cache_key": r["cache_key"], "label_config": r["label_config"],
+            "teacher_fingerprint": meta.get("teacher_fingerprint"),
+            "tokenizer_fingerprint": meta.get("tokenizer_fingerprint"), "teacher_path": None}

@@ -9,27 +9,33 @@
                        attention_mask=batch["attention_mask"]).logits
         loss = kd_loss(logits, batch, lam=0.5, temperature=1.0)
 
+Top-k, sampled and both label sets (schema v2) alike: the rows carry the label set's soft-target
+columns and the loss picks the estimator ``kd train`` uses for them (``losses.kd_term``).
 The rows come in the order ``kd train`` uses (student_train.stream.batches: seeded shard
 permutation per epoch, a seeded shuffle buffer), split across ranks (row r of each group of
 ``world`` rows goes to rank r) and DataLoader workers, so the sequence is the same for any number
 of workers. The losses are the pure functions of student_train.losses. docs/LIBRARY.md has the
 full guide, including a ``transformers.Trainer`` example (examples/hf_trainer.py).
 """
-import numpy as np
 import torch
 
 from schemas.rows import predicted
-from student_train.losses import DIVERGENCES, ce_loss, combined_loss, sparse_kd_loss
+from student_train.losses import (DIVERGENCES, SOFT_COLUMNS, ce_loss, check_sampled,
+                                  combined_loss, kd_term, sparse_kd_loss)
 from student_train.stream import LabelSet, batches, pad_rows
 
-__all__ = ["LabelSetDataset", "collate_rows", "kd_loss", "sparse_kd_loss", "ce_loss",
-           "combined_loss", "DIVERGENCES"]
+__all__ = ["LabelSetDataset", "collate_rows", "kd_loss", "kd_term", "check_sampled",
+           "sparse_kd_loss", "ce_loss", "combined_loss", "DIVERGENCES"]
 
 
 class LabelSetDataset(torch.utils.data.IterableDataset):
     """The rows of a label set as dicts of tensors: ``input_ids`` (L,), ``label_start`` (the first
-    labelled position), ``topk_ids`` and ``topk_logprobs`` (n, k) for the n labelled positions,
-    and ``position`` (epoch, index) of the row in the stream.
+    labelled position), for the n labelled positions ``topk_ids`` and ``topk_logprobs`` (n, k)
+    and the sampled targets ``sample_ids``, ``sample_counts``, ``sample_logw`` (n, S; log
+    importance weights (n, 0) where the set stores none), ``soft_targets`` and
+    ``proposal_temperature`` (the label set's ``targets`` and ``proposal_temperature``; top-k
+    sets have (n, 0) sampled columns, ``sampled`` sets (n, 0) top-k columns, as in
+    student_train.stream), and ``position`` (epoch, index) of the row in the stream.
 
     ``rank``/``world`` default to torch.distributed's when it is initialised. DataLoader workers
     are dealt rows in blocks of ``batch_size`` (give the DataLoader's), so the batches are the
@@ -47,9 +53,6 @@ class LabelSetDataset(torch.utils.data.IterableDataset):
                  batch_size: int = 1):
         super().__init__()
         self.labels = LabelSet(path, views=tuple(views), verify=verify, follow=follow)
-        if self.labels.targets != "topk":
-            raise ValueError(f"{path} holds {self.labels.targets!r} targets (schema v2): this "
-                             "dataset yields top-k rows only; train on it with `kd train`")
         if rank is None:
             dist = torch.distributed.is_available() and torch.distributed.is_initialized()
             rank, world = ((torch.distributed.get_rank(), torch.distributed.get_world_size())
@@ -62,6 +65,16 @@ class LabelSetDataset(torch.utils.data.IterableDataset):
     @property
     def top_k(self) -> int:
         return self.labels.k
+
+    @property
+    def targets(self) -> str:
+        """The label set's soft targets: ``topk``, ``sampled`` or ``both`` (docs/SCHEMA.md)."""
+        return self.labels.targets
+
+    @property
+    def proposal_temperature(self) -> float:
+        """The temperature the sampled targets were drawn at (1.0 without sampled targets)."""
+        return self.labels.proposal_temperature
 
     def tokenizer_dir(self) -> str:
         """A local directory holding the label set's (the teacher's) tokenizer."""
@@ -92,7 +105,9 @@ class LabelSetDataset(torch.utils.data.IterableDataset):
             b = build()
             self.position = (epoch, index + 1)
             yield {"input_ids": b.input_ids[0], "label_start": int(b.pos_t[0]) + 1,
-                   "topk_ids": b.topk_ids, "topk_logprobs": b.topk_logprobs,
+                   **{c: getattr(b, c) for c in SOFT_COLUMNS},
+                   "soft_targets": self.targets,
+                   "proposal_temperature": self.proposal_temperature,
                    "position": (epoch, index)}
 
 
@@ -101,17 +116,21 @@ def collate_rows(rows: list[dict], pad_id: int = 0) -> dict:
     right-padded; ``labels`` (B, L) with -100 outside the labelled tokens (the usual causal-LM
     convention, for a model's own CE); ``pos_b``, ``pos_t`` (N,) the row and position whose
     output predicts each labelled token, ``targets`` (N,) that token; ``topk_ids``,
-    ``topk_logprobs`` (N, k); ``next_position`` (2,) where the stream continues after this batch.
-    Use ``functools.partial(collate_rows, pad_id=...)`` for another pad id."""
+    ``topk_logprobs`` (N, k); ``sample_ids``, ``sample_counts``, ``sample_logw`` (N, S);
+    ``soft_targets`` and ``proposal_temperature`` of the label set; ``next_position`` (2,) where
+    the stream continues after this batch (student_train.stream.pad_rows pads, as for
+    ``kd train``). Use ``functools.partial(collate_rows, pad_id=...)`` for another pad id."""
+    tk, tl, si, sc, sw = ([r[c].numpy() for r in rows] for c in SOFT_COLUMNS)
     b = pad_rows([r["input_ids"].numpy() for r in rows], [r["label_start"] for r in rows],
-                 [r["topk_ids"].numpy() for r in rows],
-                 [r["topk_logprobs"].numpy() for r in rows], {}, pad_id)
+                 tk, tl, {}, pad_id, si, sc, sw)
     labels = torch.full_like(b.input_ids, -100)
     labels[b.pos_b, predicted(b.pos_t)] = b.targets
     last = max(r["position"] for r in rows)
     return {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "labels": labels,
-            "pos_b": b.pos_b, "pos_t": b.pos_t, "targets": b.targets, "topk_ids": b.topk_ids,
-            "topk_logprobs": b.topk_logprobs,
+            "pos_b": b.pos_b, "pos_t": b.pos_t, "targets": b.targets,
+            **{c: getattr(b, c) for c in SOFT_COLUMNS},
+            "soft_targets": rows[0]["soft_targets"],
+            "proposal_temperature": rows[0]["proposal_temperature"],
             "next_position": torch.tensor([last[0], last[1] + 1])}
 
 
@@ -121,9 +140,16 @@ def kd_loss(logits: torch.Tensor, batch: dict, lam: float = 0.5, temperature: fl
 
     ``logits`` (B, L, V) from the student on ``batch["input_ids"]``; ``kwargs`` (beta, alpha) go
     to the divergence. For long sequences and big vocabularies compute the logits of the
-    labelled positions only (``hidden[pos_b, pos_t]`` through the LM head) and pass them (N, V)."""
+    labelled positions only (``hidden[pos_b, pos_t]`` through the LM head) and pass them (N, V).
+    KD is ``losses.kd_term`` for the batch's ``soft_targets`` (absent: ``topk``): the sparse
+    top-k divergence, or for sampled / both targets the sampled estimate of the forward KL, with
+    the draws' importance weights when ``temperature`` is not the proposal temperature;
+    ``losses.check_sampled`` refuses, with the reason, what samples cannot estimate."""
+    targets = batch.get("soft_targets", "topk")
+    importance = check_sampled(targets, divergence, temperature,
+                               batch.get("proposal_temperature", 1.0))
     sel = logits if logits.dim() == 2 else logits[batch["pos_b"], batch["pos_t"]]
     ce = ce_loss(sel, batch["targets"])
-    kd = sparse_kd_loss(sel, batch["topk_ids"], batch["topk_logprobs"], temperature,
-                        divergence, tail, **kwargs)
+    kd = kd_term(sel, *(batch.get(c) for c in SOFT_COLUMNS), targets, temperature, divergence,
+                 tail, importance, **kwargs)
     return combined_loss(ce, kd, lam, temperature).mean()

@@ -105,8 +105,10 @@ TARGETS = ("topk", "sampled", "both")
 
 
 def check_sampled(targets: str, divergence: str, temperature: float,
-                  proposal_temperature: float = 1.0) -> None:
-    """Refuse, with the reason, what sampled targets cannot estimate.
+                  proposal_temperature: float = 1.0) -> bool:
+    """Refuse, with the reason, what sampled targets cannot estimate; -> whether the draws need
+    their stored importance weights p/q (``importance`` of ``kd_term``): sampled targets trained
+    at a temperature other than the proposal's (at T = tau the draws are the target itself).
 
     Samples give expectations under the teacher of functions known at the drawn tokens. The
     forward KL / cross-entropy to the teacher is such an expectation (E_p[-log q]); reverse KL,
@@ -118,7 +120,7 @@ def check_sampled(targets: str, divergence: str, temperature: float,
     if targets not in TARGETS:
         raise ValueError(f"unknown targets {targets!r}: use one of {TARGETS}")
     if targets == "topk":
-        return
+        return False
     if divergence != "forward_kl":
         raise ValueError(
             f"divergence {divergence!r} cannot be estimated from sampled targets: samples "
@@ -131,6 +133,7 @@ def check_sampled(targets: str, divergence: str, temperature: float,
             f"temperature {temperature} with {targets!r} targets drawn at proposal temperature "
             f"{proposal_temperature}: the tempered teacher's normaliser is unknown from samples; "
             f"use --temperature {' or '.join(str(t) for t in sorted(set(ok)))}")
+    return not math.isclose(temperature, proposal_temperature)
 
 
 def sample_weights(counts: torch.Tensor, logweights: torch.Tensor | None = None) -> torch.Tensor:
@@ -163,6 +166,28 @@ def sampled_kd_loss(logits: torch.Tensor, sample_ids: torch.Tensor, weights: tor
     head = (lp.exp() * (lp - lq.gather(-1, head_ids.long()))).sum(-1)
     tail_mass = (1 - lp.exp().sum(-1)).clamp(min=0.0)
     return head + tail_mass * ce
+
+
+SOFT_COLUMNS = ("topk_ids", "topk_logprobs", "sample_ids", "sample_counts", "sample_logw")
+
+
+def kd_term(logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
+            sample_ids: torch.Tensor | None = None, sample_counts: torch.Tensor | None = None,
+            sample_logw: torch.Tensor | None = None, targets: str = "topk",
+            temperature: float = 1.0, divergence: str = "forward_kl", tail: bool = True,
+            importance: bool = False, beta: float = 0.5, alpha: float = 0.1) -> torch.Tensor:
+    """Per-position KD term against a label set's soft targets, the columns of a batch
+    (``SOFT_COLUMNS``: (N, k) top k, (N, S) draws). ``topk``: the sparse top-k divergence.
+    ``sampled`` / ``both``: the sampled estimator of the forward KL (``both`` with the exact
+    top-k head), the draws weighted by their stored p/q when ``importance`` (check_sampled says
+    when, and refuses the divergences and temperatures samples cannot estimate)."""
+    if targets == "topk":
+        return sparse_kd_loss(logits, topk_ids, topk_logprobs, temperature, divergence, tail,
+                              beta=beta, alpha=alpha)
+    logw = sample_logw if importance and sample_logw is not None and sample_logw.shape[-1] else None
+    w = sample_weights(sample_counts, logw)
+    head = (topk_ids, topk_logprobs) if targets == "both" else (None, None)
+    return sampled_kd_loss(logits, sample_ids, w, temperature, *head)
 
 
 def hidden_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse") -> torch.Tensor:

@@ -26,13 +26,19 @@ def load_student(spec: str, label_tokenizer_dir: str, seed: int = 0):
     else:
         model = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(spec)
-        if tokenizer_fingerprint(spec) != tokenizer_fingerprint(label_tokenizer_dir):
-            raise ValueError(f"student tokenizer in {spec} differs from the labels' tokenizer "
-                             f"({label_tokenizer_dir}): teacher ids would mean other tokens")
+        ours, theirs = tokenizer_fingerprint(spec), tokenizer_fingerprint(label_tokenizer_dir)
+        if ours != theirs:
+            raise ValueError(
+                f"student tokenizer in {spec} (fingerprint {ours}, {len(tok)} tokens) differs "
+                f"from the labels' tokenizer in {label_tokenizer_dir} (fingerprint {theirs}, "
+                f"{len(label_tok)} tokens): teacher ids would mean other tokens. Train a student "
+                "that shares the teacher's tokenizer (a config JSON as --student gets the "
+                "labels' tokenizer), or label with a teacher of the student's tokenizer")
     vocab = model.get_output_embeddings().weight.shape[0]
     if vocab < len(label_tok):
         raise ValueError(f"student vocabulary ({vocab}) is smaller than the teacher tokenizer's "
-                         f"({len(label_tok)}): it cannot score every teacher id")
+                         f"({len(label_tok)}): it cannot score every teacher id; give the "
+                         f"student vocab_size >= {len(label_tok)}")
     return model, tok
 
 

@@ -72,24 +72,12 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def kd_loss(logits: torch.Tensor, batch, sl: slice, cfg: TrainConfig, targets: str = "topk",
-            importance: bool = False) -> torch.Tensor:
-    """Per-position KD term of positions ``sl`` for the label set's targets: the sparse top-k
-    divergence, or the sampled estimator (``importance``: weight draws by the stored p/q)."""
-    if targets == "topk":
-        return losses.sparse_kd_loss(logits, batch.topk_ids[sl], batch.topk_logprobs[sl],
-                                     cfg.temperature, cfg.divergence, cfg.tail, beta=cfg.beta,
-                                     alpha=cfg.alpha)
-    logw = batch.sample_logw[sl] if importance and batch.sample_logw.shape[1] else None
-    w = losses.sample_weights(batch.sample_counts[sl], logw)
-    head = (batch.topk_ids[sl], batch.topk_logprobs[sl]) if targets == "both" else (None, None)
-    return losses.sampled_kd_loss(logits, batch.sample_ids[sl], w, cfg.temperature, *head)
-
-
 def backward_step(model: Distiller, batch, cfg: TrainConfig, scale: float = 1.0,
                   denom: float | None = None, engine: torch.nn.Module | None = None,
                   targets: str = "topk", importance: bool = False) -> dict:
-    """Forward + backward of one micro-batch; gradients accumulate, scaled by ``scale``.
+    """Forward + backward of one micro-batch; gradients accumulate, scaled by ``scale``. The KD
+    term is ``losses.kd_term`` for the label set's ``targets`` (``importance``: from
+    ``losses.check_sampled``), as in ``student_train.library.kd_loss``.
 
     Logit losses are summed over positions and divided by ``denom`` (default: this batch's
     position count; under data parallelism, the global count / world, so that the averaged
@@ -117,7 +105,9 @@ def backward_step(model: Distiller, batch, cfg: TrainConfig, scale: float = 1.0,
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = torch.nn.functional.linear(h_leaf[sl], *leaves)
         ce = losses.ce_loss(logits, batch.targets[sl]).sum()
-        kd = (kd_loss(logits, batch, sl, cfg, targets, importance).sum()
+        kd = (losses.kd_term(logits, *(getattr(batch, c)[sl] for c in losses.SOFT_COLUMNS),
+                             targets, cfg.temperature, cfg.divergence, cfg.tail, importance,
+                             cfg.beta, cfg.alpha).sum()
               if cfg.lam < 1.0 else torch.zeros((), device=logits.device))
         (losses.combined_loss(ce, kd, cfg.lam, cfg.temperature) * (scale / denom)).backward()
         ce_total += ce.item()
@@ -216,9 +206,8 @@ def setup(cfg: TrainConfig, term=None) -> Run:
         ls.shards = sync(ls.shards)
     online_kd = bool(cfg.teacher) and cfg.lam < 1.0
     targets = "topk" if online_kd else ls.targets  # online: the teacher's full distribution
-    losses.check_sampled(targets, cfg.divergence, cfg.temperature, ls.proposal_temperature)
-    # draws at tau != T = 1 need their weights p/q; at T = tau the draws are the target itself
-    importance = not math.isclose(cfg.temperature, ls.proposal_temperature)
+    importance = losses.check_sampled(targets, cfg.divergence, cfg.temperature,
+                                      ls.proposal_temperature)
     student, tok = load_student(cfg.student, ls.tokenizer_dir(), cfg.seed)
     model = Distiller(student, ls.hidden_layers if cfg.hidden_weight > 0 else [],
                       ls.hidden_dim, cfg.layer_map, ls.teacher_layers, per_token).to(device)

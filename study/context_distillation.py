@@ -201,9 +201,10 @@ def verdict_text(metrics, p, t_with, t_without) -> str:
             f"CE on gold {pct(ce_small['teacher'])} from the teacher's weights, "
             f"{pct(kd_small['scratch'])} vs {pct(ce_small['scratch'])} from scratch: "
             + ("KD is more data-efficient in both" if all(c2.values()) else
-               "KD beats CE beyond the spread only " + (
-                   "from " + ", ".join(k for k, v in c2.items() if v) if any(c2.values())
-                   else "in neither"))
+               ("KD beats CE beyond the spread only from the "
+                + ", ".join(k for k, v in c2.items() if v) + " initialisation")
+               if any(c2.values()) else
+               "KD does not beat CE beyond the spread from either initialisation")
             + f". (3) Initialising from the teacher beats scratch beyond the spread in {c3} of "
             f"{len(init_cmp)} (arm, N) cells. Criterion for (2) and (3), fixed in advance: means "
             "differ by more than the sum of their stds.")

@@ -277,6 +277,9 @@ def plot(summary: dict, path: str) -> None:
     for arm, ls in (("ce", ":"), ("online", "--")):
         bx.axhline(summary[arm]["kl"][0], color="gray", ls=ls, lw=1, label=f"{arm} (no cache)")
     bx.set_xscale("log")
+    ticks = [16, 32, 64, 128, 256, 512]
+    bx.set_xticks(ticks, [str(t) for t in ticks])
+    bx.minorticks_off()
     bx.set_xlabel("label bytes per token (shard files)")
     bx.set_ylabel("held-out KL(teacher || student), nats")
     bx.legend(fontsize=7)

@@ -83,6 +83,35 @@ def label_set(teacher, teacher_config, demo_inputs, tmp_path_factory) -> dict:
     return {"out": out, "summary": summary}
 
 
+SAMPLES = 12  # draws per position of the sampled label sets
+
+
+def label_sampled(teacher_config, demo_inputs, out, encoding="plain", **kw) -> dict:
+    """The demo slice labelled with sampled targets (``targets``, ``proposal_temperature``...)."""
+    import dataclasses
+    from pipeline import job
+    cfg = dataclasses.replace(teacher_config, samples=SAMPLES, **kw)
+    if cfg.targets == "sampled":
+        cfg = dataclasses.replace(cfg, top_k=0)
+    return job.run(job.LabelJob(cfg, demo_inputs["raw"], out, demo_inputs["simplified"],
+                                shard_rows=20, encoding=encoding), [])
+
+
+@pytest.fixture(scope="session")
+def sampled_set(teacher, teacher_config, demo_inputs, tmp_path_factory) -> tuple[str, dict]:
+    """`--targets sampled --samples 12` at proposal temperature 1: (path, job summary)."""
+    out = str(tmp_path_factory.mktemp("sampled") / "set")
+    return out, label_sampled(teacher_config, demo_inputs, out, targets="sampled")
+
+
+@pytest.fixture(scope="session")
+def both_set(teacher, teacher_config, demo_inputs, tmp_path_factory) -> str:
+    """`--targets both --samples 12 --proposal-temperature 2` (importance weights stored)."""
+    out = str(tmp_path_factory.mktemp("both") / "set")
+    label_sampled(teacher_config, demo_inputs, out, targets="both", proposal_temperature=2.0)
+    return out
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3 API server (moto) on loopback; s3fs talks HTTP to it."""

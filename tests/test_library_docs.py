@@ -1,5 +1,6 @@
-"""Every python block of docs/LIBRARY.md runs against a real label set (the class-only snippet of
-the Trainer example is run by tests/student_train/test_library.py as examples/hf_trainer.py)."""
+"""Every python block of docs/LIBRARY.md runs against a real label set, top-k or sampled (the
+class-only snippet of the Trainer example is run by tests/student_train/test_library.py as
+examples/hf_trainer.py)."""
 import os
 import re
 
@@ -15,9 +16,14 @@ def test_there_are_examples():
 
 
 @pytest.mark.parametrize("i", range(len(BLOCKS)))
-def test_block_runs(i, label_set, tmp_path, monkeypatch):
+def test_block_runs(i, request, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
-    code = BLOCKS[i].replace('"runs/demo/labels/train"', repr(label_set["out"]))
-    assert repr(label_set["out"]) in code
+    # the page's label sets: `make demo`'s top-k set, and a `--targets sampled` one
+    name, fixture = (("train_sampled", "sampled_set") if "labels/train_sampled" in BLOCKS[i]
+                     else ("train", "label_set"))
+    path = request.getfixturevalue(fixture)
+    path = path["out"] if fixture == "label_set" else path[0]
+    code = BLOCKS[i].replace(f'"runs/demo/labels/{name}"', repr(path))
+    assert repr(path) in code
     exec(compile(code, f"docs/LIBRARY.md block {i}", "exec"), {})

@@ -62,3 +62,35 @@ def test_speed_advice_summarised_once(tmp_path):
     assert advice.count("libiomp") == 1 and advice.count("libtcmalloc") == 1
     log.write_text("nothing to say\n")
     assert kd_cli.speed_advice(str(log)) is None
+
+
+def test_label_progress_bar(tmp_path):
+    """kd label's progress bar counts the commit records of this run's key (shards done of the
+    input's chunks) with rows and tokens/s, up to the last one; records made before the run or
+    of another key are not counted."""
+    import io
+    import json
+    import time
+    import types
+    from pipeline.cli import Progress
+    (tmp_path / "in.jsonl").write_text('{"id": "1"}\n' * 5)
+    commits = tmp_path / "out" / "commits"
+    commits.mkdir(parents=True)
+
+    def commit(chunk, key, rows):
+        (commits / f"{chunk}.json").write_text(json.dumps(
+            {"chunk": chunk, "cache_key": key, "shard": {"rows": rows, "tokens": 10 * rows}}))
+    commit("old", "k", 2)  # reused from an earlier run
+    term = io.StringIO()
+    job = types.SimpleNamespace(input=str(tmp_path / "in.jsonl"), out=str(tmp_path / "out"),
+                                shard_rows=2)
+    with Progress(job, "k", file=term, every=0.05):
+        time.sleep(0.2)
+        commit("c1", "k", 2)
+        commit("c2", "other-key", 2)
+        time.sleep(0.3)
+        commit("c3", "k", 1)  # the last shard commits as the job ends: shown too
+    shown = term.getvalue()
+    assert "label:" in shown and "1/3" in shown and "rows=2," in shown
+    final = shown.split("\r")[-1]
+    assert "2/3" in final and "rows=3," in final and "3/3" not in shown

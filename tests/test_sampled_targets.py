@@ -13,33 +13,11 @@ from schemas import load_manifest, read_file_metadata, sampled, validate_table
 from schemas.manifest import Manifest
 from student_train import losses
 from student_train.stream import LabelSet, batches
+from tests.conftest import SAMPLES, label_sampled
 
-N = 12
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDENT = os.path.join(ROOT, "demo", "student.json")
-
-
-def label(teacher_config, demo_inputs, out, encoding="plain", **kw):
-    from pipeline import job
-    cfg = dataclasses.replace(teacher_config, samples=N, **kw)
-    if cfg.targets == "sampled":
-        cfg = dataclasses.replace(cfg, top_k=0)
-    return job.run(job.LabelJob(cfg, demo_inputs["raw"], out, demo_inputs["simplified"],
-                                shard_rows=20, encoding=encoding), [])
-
-
-@pytest.fixture(scope="module")
-def both_set(teacher, teacher_config, demo_inputs, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("both") / "set")
-    label(teacher_config, demo_inputs, out, targets="both", proposal_temperature=2.0)
-    return out
-
-
-@pytest.fixture(scope="module")
-def sampled_set(teacher, teacher_config, demo_inputs, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("sampled") / "set")
-    summary = label(teacher_config, demo_inputs, out, targets="sampled")
-    return out, summary
+N = SAMPLES
 
 
 def shard_tables(out):
@@ -69,7 +47,7 @@ def test_sampled_set_is_schema_v2_with_counts_and_no_topk(sampled_set, demo_inpu
 def test_rerun_writes_identical_bytes(sampled_set, teacher_config, demo_inputs, tmp_path):
     out, _ = sampled_set
     again = str(tmp_path / "again")
-    label(teacher_config, demo_inputs, again, targets="sampled")
+    label_sampled(teacher_config, demo_inputs, again, targets="sampled")
     a, b = load_manifest(out), load_manifest(again)
     assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]
     assert a.cache_key == b.cache_key
@@ -96,8 +74,8 @@ def test_both_set_holds_topk_and_weighted_tail_draws(both_set, teacher_config):
 def test_compact_encoding_round_trips_sampled_columns(teacher, teacher_config, demo_inputs,
                                                       tmp_path, both_set):
     out = str(tmp_path / "compact")
-    label(teacher_config, demo_inputs, out, encoding="compact", targets="both",
-          proposal_temperature=2.0)
+    label_sampled(teacher_config, demo_inputs, out, encoding="compact", targets="both",
+                  proposal_temperature=2.0)
     plain = LabelSet(both_set, views=("raw",))
     comp = LabelSet(out, views=("raw",))
     a, _ = plain.shard(0)

@@ -17,12 +17,14 @@ def parse(argv):
 def test_config_file_with_flags_overriding(tmp_path):
     path = tmp_path / "label.yaml"
     path.write_text("teacher: demo/teacher\ninput: in.jsonl\nout: labels\ntop_k: 8\n"
-                    "hidden_layers: [0, final]\nchat_template: true\nencoding: compact\n")
+                    "hidden_layers: [0, final]\nchat_template: true\nencoding: compact\n"
+                    "overwrite: true\n")
     args = parse(["--config", str(path), "--top-k", "5", "--out", "other"])
     assert (args.teacher, args.input, args.out) == ("demo/teacher", "in.jsonl", "other")
     assert args.top_k == 5 and args.hidden_layers == "0,final"
-    assert args.chat_template is True and args.encoding == "compact"
-    assert parse(["--teacher", "t", "--input", "i", "--out", "o"]).top_k == 20  # no file
+    assert args.chat_template is True and args.encoding == "compact" and args.overwrite is True
+    plain = parse(["--teacher", "t", "--input", "i", "--out", "o"])  # no file
+    assert plain.top_k == 20 and plain.overwrite is False
 
 
 def test_config_file_errors(tmp_path):

@@ -103,3 +103,66 @@ def test_s3_without_credentials(tmp_path, monkeypatch, capfd):
                         "demo/student.json", "--out", str(tmp_path / "s"), "--steps", "1"])
     err = capfd.readouterr().err
     assert code == 1 and "s3://bucket/labels: no S3 credentials found" in err
+
+
+def test_out_holds_another_cache_key(teacher, teacher_config, demo_inputs, tmp_path, capfd,
+                                     monkeypatch):
+    """kd label into an --out labelled under another key (here --top-k 8 -> 4) stops before any
+    teacher work, naming both keys and the field; the old set is untouched and still verifies.
+    --overwrite replaces it; the same key then reruns without it (reusing every shard)."""
+    import dataclasses
+    import pathlib
+    from pipeline import job, teacher as teacher_mod
+    from pipeline.teacher import model_config
+    from schemas import load_manifest, teacher_fingerprint, tokenizer_fingerprint
+    from schemas.labelset import held_label_set
+    raw = tmp_path / "raw.jsonl"
+    raw.write_bytes(b"".join(open(demo_inputs["raw"], "rb").readlines()[:6]))
+    out = str(tmp_path / "labels")
+    job.run(job.LabelJob(teacher_config, str(raw), out, shard_rows=3), [])
+    old = load_manifest(out)
+
+    def files():
+        return {str(p.relative_to(out)): p.read_bytes() for p in pathlib.Path(out).rglob("*")
+                if p.is_file() and p.name != "kd-label.log"}
+    before = files()
+    n = int(model_config(teacher_config.model_dir)["num_hidden_layers"])
+    new_job = job.LabelJob(dataclasses.replace(teacher_config, top_k=4), str(raw), out,
+                           shard_rows=3)
+    new_key = job.label_config(new_job, model_config(teacher_config.model_dir)).cache_key(
+        teacher_fingerprint(teacher_config.model_dir),
+        tokenizer_fingerprint(teacher_config.model_dir))
+    monkeypatch.setattr(teacher_mod, "shutdown_all", lambda: None)  # keep the session's engine
+    code = kd_cli.main(["label", "--teacher", teacher_config.model_dir, "--input", str(raw),
+                        "--out", out, "--shard-rows", "3", "--top-k", "4",
+                        "--hidden-layers", f"0,{n // 2},final", "--hidden-proj-dim", "8",
+                        "--hidden-proj-seed", "7"])
+    err = capfd.readouterr().err
+    assert code == 1
+    assert f"already holds a label set under cache key {old.cache_key}" in err
+    assert f"this run's cache key is {new_key}" in err and new_key != old.cache_key
+    assert "They differ in: top_k (--top-k) 8 -> 4." in err
+    assert "Choose another --out" in err and "pass --overwrite" in err
+    assert files() == before  # no shard, commit record, tokenizer or manifest written
+    assert kd_cli.main(["cache", "verify", out]) == 0
+    capfd.readouterr()
+
+    s = job.run(dataclasses.replace(new_job, overwrite=True), [])
+    new = load_manifest(out)
+    assert new.cache_key == new_key and s["rows_labelled"] == 6 and s["shards_reused"] == 0
+    assert kd_cli.main(["cache", "verify", out]) == 0
+    old_shards = {s.path for s in old.shards}
+    assert old_shards.isdisjoint(s.path for s in new.shards)
+    assert kd_cli.main(["cache", "gc", out, "--min-age", "0", "--yes"]) == 0  # superseded shards
+    assert not any((pathlib.Path(out) / p).exists() for p in old_shards)
+    assert all((pathlib.Path(out) / s.path).exists() for s in new.shards)
+    assert kd_cli.main(["cache", "verify", out]) == 0
+    capfd.readouterr()
+    again = job.run(new_job, [])  # the same key: a rerun, no --overwrite needed
+    assert again["shards_reused"] == again["shards"] == 2
+    # an interrupted --overwrite run (old manifest, new commit records) resumes without it
+    (pathlib.Path(out) / "manifest.json").write_bytes(before["manifest.json"])
+    assert held_label_set(out, new_key) is None
+    held = held_label_set(out, old.cache_key)
+    assert held["cache_key"] == new_key and held["label_config"]["top_k"] == 4
+    assert held["teacher_fingerprint"] == old.teacher["fingerprint"]

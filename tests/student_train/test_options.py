@@ -45,7 +45,7 @@ def test_example_configs_are_valid():
         assert isinstance(cfg, TrainConfig)
 
 
-def test_student_refusals(label_set, tmp_path):
+def test_student_refusals(label_set, tmp_path, capfd):
     tok_dir = LabelSet(label_set["out"]).tokenizer_dir()
     small = json.load(open(STUDENT))
     small["vocab_size"] = 40
@@ -62,6 +62,17 @@ def test_student_refusals(label_set, tmp_path):
     (other / "tokenizer.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="differs from the labels' tokenizer"):
         load_student(str(other), tok_dir)
+    # the same on the terminal of `kd train`, before any step: both fingerprints, what to do
+    import kd_cli
+    from schemas import tokenizer_fingerprint
+    code = kd_cli.main(["train", "--labels", label_set["out"], "--student", str(other),
+                        "--out", str(tmp_path / "run"), "--steps", "1"])
+    err = capfd.readouterr().err
+    assert code == 1
+    assert f"student tokenizer in {other} (fingerprint {tokenizer_fingerprint(str(other))}" in err
+    assert f"(fingerprint {tokenizer_fingerprint(tok_dir)}, {len(tok)} tokens)" in err
+    assert "Train a student that shares the teacher's tokenizer" in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_simplified_ratio_mixes_one_view_per_example(label_set):

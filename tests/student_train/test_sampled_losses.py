@@ -135,12 +135,15 @@ def test_divergences_that_need_the_full_teacher_are_refused(div):
     for targets in ("sampled", "both"):
         with pytest.raises(ValueError, match="cannot be estimated from sampled targets"):
             losses.check_sampled(targets, div, 1.0)
-    losses.check_sampled("topk", div, 2.0)  # top-k labels keep every divergence
+    assert losses.check_sampled("topk", div, 2.0) is False  # top-k: every divergence, no weights
 
 
 def test_temperatures_without_a_known_normaliser_are_refused():
-    losses.check_sampled("sampled", "forward_kl", 1.0, 2.0)
-    losses.check_sampled("sampled", "forward_kl", 2.0, 2.0)
+    # -> whether the draws need their importance weights: T = 1 from a tempered proposal only
+    assert losses.check_sampled("sampled", "forward_kl", 1.0, 2.0) is True
+    assert losses.check_sampled("sampled", "forward_kl", 2.0, 2.0) is False
+    assert losses.check_sampled("sampled", "forward_kl", 1.0, 1.0) is False
+    assert losses.check_sampled("both", "forward_kl", 1.0, 2.0) is True
     with pytest.raises(ValueError, match="normaliser is unknown"):
         losses.check_sampled("sampled", "forward_kl", 1.5, 2.0)
     with pytest.raises(ValueError, match="normaliser is unknown"):
