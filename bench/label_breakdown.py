@@ -1,15 +1,18 @@
 """Where one `kd label` run spends its time: the engine's forward, our head and summaries, the
 shard writing, and the rest (Beam, reading, tokenising, manifest).
 
-    python bench/label_breakdown.py [--seqs 2048] [--k 64] [--hidden final|none]
+    python bench/label_breakdown.py [--teacher demo|wide] [--seqs 2048] [--k 64]
+                                    [--hidden final|none]
 
-Plain-text records of ~200 demo-teacher tokens, one shard, engine started before the timed runs;
+Plain-text records of ~200 demo-tokenizer tokens ("wide": bench/label_throughput.py's random
+32k-vocabulary Llama), one shard, engine started before the timed runs;
 the calls are timed by wrappers in this process. Best of 2 runs. Prints one JSON line.
 """
 import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -20,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--teacher", choices=["demo", "wide"], default="demo")
     ap.add_argument("--seqs", type=int, default=2048)
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--hidden", choices=["final", "none"], default="final")
@@ -46,6 +50,10 @@ def main() -> None:
             f.write(json.dumps({"id": f"b{i}", "text": "".join(rng.choice(
                 list("abcdefghij klmnop"), 198))}) + "\n")
     teacher_dir = os.path.join(ROOT, "demo", "teacher")
+    if args.teacher == "wide":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from label_throughput import wide_model
+        teacher_dir = wide_model(os.path.join(tmp, "wide"))
     n_layers = int(T.model_config(teacher_dir)["num_hidden_layers"])
     cfg = T.TeacherConfig(model_dir=teacher_dir, top_k=args.k, enforce_eager=True,
                           hidden_layers=(n_layers,) if args.hidden == "final" else ())
@@ -68,7 +76,8 @@ def main() -> None:
     engine, label, write = best["engine_encode"], best["label_call"], best["write_shard"]
     parts = {"engine_forward": engine, "head_topk_summaries": label - engine,
              "shard_encode_write": write, "rest": best["total_s"] - label - write}
-    print(json.dumps({"machine": f"{os.cpu_count()} CPU cores", "seqs": args.seqs,
+    print(json.dumps({"machine": f"{os.cpu_count()} CPU cores", "teacher": args.teacher,
+                      "seqs": args.seqs,
                       "tokens": args.seqs * 200, "k": args.k, "hidden": args.hidden,
                       "total_s": round(best["total_s"], 2),
                       **{f"{n}_s": round(v, 2) for n, v in parts.items()},

@@ -2,9 +2,9 @@
 mode a second engine first writes the responses.
 
 One pass per chunk: the engine's pooling runner returns the final hidden states for every
-position (``token_embed``, no activation); the LM head (loaded from the checkpoint) turns those at
-the labelled positions into logits, then log-softmax and top-k run as tensor ops, on the GPU when
-there is one. The same states give the final-layer summary. Intermediate layers come from the same
+position (``token_embed``, no activation); the LM head (loaded from the checkpoint, ``LmHead``)
+turns those at the labelled positions into logits, then log-softmax and top-k run as tensor ops,
+on the GPU when there is one; on the CPU the head's matmul is the engine's own CPU kernel. The same states give the final-layer summary. Intermediate layers come from the same
 pass: vLLM's auxiliary hidden-state outputs (the mechanism its EAGLE-3 drafters use; residual
 stream after L layers = transformers' ``hidden_states[L]``) are switched on for the asked layers
 and a forward hook on the model concatenates them to the final states, so the pooler hands back
@@ -40,7 +40,10 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this p
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the job prints its own progress
 
 
-LOGITS_BUDGET = 1 << 26  # elements of one block of fp32 log-probs (256 MB)
+# elements of one block of fp32 log-probs: on the CPU 16 MB, which the allocator hands back for
+# the next block (a 256 MB block costs fresh zeroed pages each time: 1.5x slower head, measured in
+# docs/BENCHMARKS.md); on a GPU the caching allocator reuses any size
+LOGITS_BUDGET = {"cpu": 1 << 22, "cuda": 1 << 26}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +112,43 @@ def load_lm_head(model_dir: str, mcfg: dict) -> "torch.Tensor":  # noqa: F821
     raise ValueError(f"no LM head ({' or '.join(names)}) in {model_dir}")
 
 
+class LmHead:
+    """The teacher's output layer on the labelling side: (n, d) final states -> (n, V) fp32
+    log-probabilities at temperature 1, as transformers defines them (``logit_scale``, then
+    ``final_logit_softcapping``, where the config has them).
+
+    On the CPU the matmul runs through vLLM's own CPU GEMM dispatch, the kernel its engine's LM
+    head uses (``dispatch_cpu_unquantized_gemm``: oneDNN with the weight prepacked once, an AMX
+    kernel for small weights, a plain matmul where neither exists); the dispatch keeps the packed
+    copy and drops ours. On a GPU a plain matmul."""
+
+    def __init__(self, weight, mcfg: dict):
+        import torch
+        self.vocab, self.hidden = weight.shape
+        self.dtype, self.device = weight.dtype, weight.device
+        self.logit_scale = mcfg.get("logit_scale")
+        self.softcap = mcfg.get("final_logit_softcapping")
+        self.rows = max(1, LOGITS_BUDGET.get(weight.device.type, 1 << 26) // self.vocab)
+        if weight.device.type == "cpu":
+            from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+            layer = torch.nn.Module()
+            layer.weight = torch.nn.Parameter(weight, requires_grad=False)
+            dispatch_cpu_unquantized_gemm(layer, remove_weight=True)
+            self.matmul = lambda x: layer.cpu_linear(x, layer.weight, None)
+        else:
+            self.matmul = lambda x: x @ weight.T
+
+    def __call__(self, states):
+        """At most ``self.rows`` states at a time keep the log-probs within the block budget."""
+        import torch
+        logits = self.matmul(states.to(self.device, self.dtype).contiguous()).float()
+        if self.logit_scale:
+            logits = logits * self.logit_scale
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return torch.log_softmax(logits, dim=-1)
+
+
 def engine_key(cfg: TeacherConfig) -> TeacherConfig:
     """The part of a config that decides the engine (not what is kept of its outputs)."""
     return dataclasses.replace(cfg, top_k=0, hidden_layers=(), proj_dim=0, proj_seed=0,
@@ -160,9 +200,8 @@ class VllmTeacher:
                         pooler_config=PoolerConfig(task="token_embed", use_activation=False),
                         **engine_kwargs(cfg, mcfg, self.eager))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.head = load_lm_head(cfg.model_dir, mcfg).to(self.device, getattr(torch, self.dtype))
-        self.logit_scale = mcfg.get("logit_scale")
-        self.softcap = mcfg.get("final_logit_softcapping")
+        self.head = LmHead(load_lm_head(cfg.model_dir, mcfg).to(self.device,
+                                                                 getattr(torch, self.dtype)), mcfg)
         self.hidden_size = int(mcfg["hidden_size"])
         self.pool.apply_model(install_concat_hook)
 
@@ -181,16 +220,6 @@ class VllmTeacher:
             model.set_aux_hidden_state_layers(layers)
         self.pool.apply_model(switch)
         self.engine_state["aux"] = layers
-
-    def logprobs(self, states):
-        """(n, d) final hidden states -> (n, V) fp32 log-probabilities at temperature 1."""
-        import torch
-        logits = (states.to(self.device, self.head.dtype) @ self.head.T).float()
-        if self.logit_scale:
-            logits = logits * self.logit_scale
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return torch.log_softmax(logits, dim=-1)
 
     def label(self, seqs: list[list[int]], starts: list[int],
               ids: list[str] | None = None) -> list[Labels]:
@@ -223,10 +252,10 @@ class VllmTeacher:
             keys = torch.cat([sampler.position_keys(sampler.example_key(cfg.sample_seed, i), n)
                               for i, n in zip(ids, n_resp)])
         top_ids, top_lp, target_lp, drawn = [], [], [], []
-        rows = max(1, LOGITS_BUDGET // self.head.shape[0])  # bound the (rows, V) logits
+        rows = self.head.rows  # bound the (rows, V) log-probs
         with torch.no_grad():
             for i in range(0, len(states), rows):  # all sequences' positions, in blocks
-                lp = self.logprobs(states[i:i + rows])
+                lp = self.head(states[i:i + rows])
                 top = lp.topk(k, dim=-1) if k else None
                 if top is not None:
                     top_ids.append(top.indices.int().cpu())

@@ -16,24 +16,21 @@ BIN = os.path.dirname(sys.executable)
 
 
 def head_on(device: str):
-    """The teacher's tensor path (LM head, log-softmax) on ``device``, without an engine."""
-    from pipeline.teacher import VllmTeacher, load_lm_head, model_config
-    t = VllmTeacher.__new__(VllmTeacher)
+    """The teacher's tensor path (LM head, log-softmax) on ``device``, without an engine (on the
+    CPU through vLLM's CPU GEMM, on CUDA a plain matmul)."""
+    from pipeline.teacher import LmHead, load_lm_head, model_config
     mcfg = model_config(TEACHER)
-    t.device = torch.device(device)
-    t.head = load_lm_head(TEACHER, mcfg).to(t.device, torch.float32)
-    t.logit_scale, t.softcap = mcfg.get("logit_scale"), mcfg.get("final_logit_softcapping")
-    return t
+    return LmHead(load_lm_head(TEACHER, mcfg).to(device, torch.float32), mcfg)
 
 
 @pytest.mark.gpu
 def test_tensor_path_head_on_cuda_equals_cpu():
     torch.manual_seed(0)
-    states = torch.randn(4096, head_on("cpu").head.shape[1])
+    states = torch.randn(4096, head_on("cpu").hidden)
     targets = torch.randint(0, 80, (4096,))
     out = {}
     for device in ("cpu", "cuda"):
-        lp = head_on(device).logprobs(states)
+        lp = head_on(device)(states)
         top = lp.topk(8, dim=-1)
         out[device] = (lp.cpu(), top.indices.cpu(), top.values.cpu(),
                        lp.gather(1, targets[:, None].to(lp.device))[:, 0].cpu(),
