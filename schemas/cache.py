@@ -27,14 +27,19 @@ def describe(label_dir: str, verify: bool = False) -> dict:
            "bytes": sum(s.bytes for s in shards),
            "unlisted_files": sorted(on_disk - listed), **info}
     if verify:
-        bad = []
-        for s in shards:
-            try:
-                verify_shard(fs, f"{root}/{s.path}", s.sha256)
-            except ShardError as e:
-                bad.append(str(e))
-        out["corrupted"] = bad
+        out["corrupted"] = shard_problems(fs, root, shards)
     return out
+
+
+def shard_problems(fs, root: str, shards) -> list[str]:
+    """What is wrong with each listed shard (sha256 and size), one message per bad shard."""
+    problems = []
+    for s in shards:
+        try:
+            verify_shard(fs, f"{root}/{s.path}", s.sha256)
+        except ShardError as e:
+            problems.append(str(e))
+    return problems
 
 
 def find_label_sets(root: str) -> list[str]:
@@ -121,10 +126,4 @@ def verify_label_set(label_dir: str) -> tuple[int, list[str]]:
         shards = load_committed(label_dir).shards
     except (FileNotFoundError, ValueError) as e:
         return 0, [str(e)]
-    problems = []
-    for s in shards:
-        try:
-            verify_shard(fs, f"{root}/{s.path}", s.sha256)
-        except ShardError as e:
-            problems.append(str(e))
-    return len(shards), problems
+    return len(shards), shard_problems(fs, root, shards)

@@ -121,29 +121,35 @@ def bytes_per_token(label_set: str) -> float:
     return sum(s.bytes for s in m.shards) / m.counts["tokens_labelled"]
 
 
+def heldout_batches(ls, size: int = 32):
+    """The label set's rows as collated batches of ``size``, shard by shard, in order."""
+    from student_train.stream import collate
+    for s in range(ls.num_shards):
+        arrays, sel = ls.shard(s)
+        for b in range(0, len(sel), size):
+            yield collate([(arrays, sel[b:b + size])])
+
+
 def teacher_stats(labels: str) -> dict:
     """How spread out the teacher is on the held-out text: mean next-token entropy (nats), the
     mean probability mass of its top 1 / 8 / 32 / 128 tokens, and its NLL of the true text."""
     import torch
     from transformers import AutoModelForCausalLM
     from student_train import online
-    from student_train.stream import LabelSet, collate
+    from student_train.stream import LabelSet
     ls = LabelSet(labels, views=("raw",))
     teacher = AutoModelForCausalLM.from_pretrained(TEACHER, dtype=torch.float32).eval()
     sums, n = {"entropy": 0.0, "nll": 0.0, **{f"top{k}_mass": 0.0 for k in (1, 8, 32, 128)}}, 0
     with torch.no_grad():
-        for s in range(ls.num_shards):
-            arrays, sel = ls.shard(s)
-            for b in range(0, len(sel), 32):
-                batch = collate([(arrays, sel[b:b + 32])])
-                lp = online.full_logprobs(teacher, batch)
-                p = lp.exp()
-                sums["entropy"] += -(p * lp).sum().item()
-                sums["nll"] += -lp.gather(-1, batch.targets[:, None]).sum().item()
-                top = p.topk(128, -1).values.cumsum(-1)
-                for k in (1, 8, 32, 128):
-                    sums[f"top{k}_mass"] += top[:, k - 1].sum().item()
-                n += lp.shape[0]
+        for batch in heldout_batches(ls):
+            lp = online.full_logprobs(teacher, batch)
+            p = lp.exp()
+            sums["entropy"] += -(p * lp).sum().item()
+            sums["nll"] += -lp.gather(-1, batch.targets[:, None]).sum().item()
+            top = p.topk(128, -1).values.cumsum(-1)
+            for k in (1, 8, 32, 128):
+                sums[f"top{k}_mass"] += top[:, k - 1].sum().item()
+            n += lp.shape[0]
     return {k: round(v / n, 4) for k, v in sums.items()}
 
 

@@ -27,7 +27,8 @@ import time
 
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run as a script
-from study.fidelity import FULL, QUICK, REDUCED, STUDENT, TEACHER, choose_lr, label_all, mean_std
+from study.fidelity import (FULL, QUICK, REDUCED, STUDENT, TEACHER, choose_lr, heldout_batches,
+                            label_all, mean_std)
 
 ARMS = {"forward_kl": {}, "reverse_kl": {}, "jsd": {"beta": 0.5}, "tvd": {}}
 N_SAMPLES, SAMPLE_LEN, TOP_MODES = 32, 32, 5
@@ -39,25 +40,22 @@ def student_stats(student_dir: str, labels: str, seed: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
     from student_train import online
-    from student_train.stream import LabelSet, collate
+    from student_train.stream import LabelSet
     ls = LabelSet(labels, views=("raw",))
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).eval()
     teacher = online.load_teacher(TEACHER, ls.tokenizer_dir(), student)
     ent = share = n = 0.0
     with torch.no_grad():
-        for s in range(ls.num_shards):
-            arrays, sel = ls.shard(s)
-            for b in range(0, len(sel), 32):
-                batch = collate([(arrays, sel[b:b + 32])])
-                lq = torch.log_softmax(student(input_ids=batch.input_ids,
-                                               attention_mask=batch.attention_mask)
-                                       .logits[batch.pos_b, batch.pos_t], -1)
-                lp = online.full_logprobs(teacher, batch)
-                ent += -(lq.exp() * lq).sum().item()
-                t_top = lp.topk(TOP_MODES, -1).indices
-                s_top = lq.topk(TOP_MODES, -1).indices
-                share += (t_top[:, :, None] == s_top[:, None, :]).any(-1).float().mean(-1).sum().item()
-                n += lq.shape[0]
+        for batch in heldout_batches(ls):
+            lq = torch.log_softmax(student(input_ids=batch.input_ids,
+                                           attention_mask=batch.attention_mask)
+                                   .logits[batch.pos_b, batch.pos_t], -1)
+            lp = online.full_logprobs(teacher, batch)
+            ent += -(lq.exp() * lq).sum().item()
+            t_top = lp.topk(TOP_MODES, -1).indices
+            s_top = lq.topk(TOP_MODES, -1).indices
+            share += (t_top[:, :, None] == s_top[:, None, :]).any(-1).float().mean(-1).sum().item()
+            n += lq.shape[0]
         gen = torch.Generator().manual_seed(seed)
         ids = torch.full((N_SAMPLES, 1), student.config.bos_token_id)
         for _ in range(SAMPLE_LEN):
