@@ -2,7 +2,8 @@
 shard writing, and the rest (Beam, reading, tokenising, manifest).
 
     python bench/label_breakdown.py [--teacher demo|wide] [--seqs 2048] [--k 64]
-                                    [--hidden final|none]
+                                    [--hidden final|none] [--targets topk|sampled|both]
+                                    [--samples 12]
 
 Plain-text records of ~200 demo-tokenizer tokens ("wide": bench/label_throughput.py's random
 32k-vocabulary Llama), one shard, engine started before the timed runs;
@@ -27,6 +28,8 @@ def main() -> None:
     ap.add_argument("--seqs", type=int, default=2048)
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--hidden", choices=["final", "none"], default="final")
+    ap.add_argument("--targets", choices=["topk", "sampled", "both"], default="topk")
+    ap.add_argument("--samples", type=int, default=12, help="draws per position (sampled, both)")
     args = ap.parse_args()
     from pipeline import job
     from schemas import labelset
@@ -55,7 +58,10 @@ def main() -> None:
         from label_throughput import wide_model
         teacher_dir = wide_model(os.path.join(tmp, "wide"))
     n_layers = int(T.model_config(teacher_dir)["num_hidden_layers"])
-    cfg = T.TeacherConfig(model_dir=teacher_dir, top_k=args.k, enforce_eager=True,
+    sampling = {} if args.targets == "topk" else {"targets": args.targets,
+                                                   "samples": args.samples}
+    cfg = T.TeacherConfig(model_dir=teacher_dir, enforce_eager=True, **sampling,
+                          top_k=0 if args.targets == "sampled" else args.k,
                           hidden_layers=(n_layers,) if args.hidden == "final" else ())
     teacher = T.get_teacher(cfg)
     teacher.pool.encode = timed("engine_encode", teacher.pool.encode)
@@ -79,6 +85,8 @@ def main() -> None:
     print(json.dumps({"machine": f"{os.cpu_count()} CPU cores", "teacher": args.teacher,
                       "seqs": args.seqs,
                       "tokens": args.seqs * 200, "k": args.k, "hidden": args.hidden,
+                      "targets": args.targets,
+                      "samples": 0 if args.targets == "topk" else args.samples,
                       "total_s": round(best["total_s"], 2),
                       **{f"{n}_s": round(v, 2) for n, v in parts.items()},
                       **{f"{n}_share": round(v / best["total_s"], 3)

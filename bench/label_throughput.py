@@ -5,8 +5,8 @@
                                      [--summaries final,none,layers] [--e-repeat 1]
 
 (a) ceiling: the pooling runner's final hidden states for every position, then the teacher's own
-    LM head (`teacher.LmHead`, its blocks) + log-softmax + top-k, timed together (the road
-    `kd label` takes);
+    LM head (`teacher.head_block` over `teacher.LmHead`'s blocks: log-softmax, top-k, the targets'
+    log-probs), timed together (the road `kd label` takes);
 (b) vLLM prefill with no logprobs (reference only: skips the LM head but for the last position);
 (c) vLLM prompt logprobs, flat, for each k (the alternative road; no hidden states);
 (d) transformers batched forward + log-softmax + top-k;
@@ -14,9 +14,10 @@
     started, and the engine start itself; ``--summaries`` picks the summary settings, and each
     (e) is the best of ``--e-repeat`` runs.
 With ``--samples N`` only the cost of sampled targets is measured instead, in one run: (a) the
-ceiling with and without N draws per position (``pipeline.sampler.draw`` on each block of
-log-probs), and (e) `kd label` with --targets topk (k = the first --k), sampled and both,
-interleaved over ``--repeat`` rounds, best of each.
+ceiling with top-k, sampled and both targets (`teacher.head_block`, the head work `kd label` does
+per block), and (e) `kd label` with --targets topk (k = the first --k), sampled and both,
+interleaved over ``--repeat`` rounds: each ratio is given best against best and as the median
+(and range) of the rounds' ratios.
 "wide" is a random Llama (vocab 32k, hidden 1024, 4 layers, head_dim 64) made on the fly.
 Prints JSON lines; docs/BENCHMARKS.md records them with the machine they ran on.
 """
@@ -79,7 +80,8 @@ def main() -> None:
                    "wide": None}.get(args.teacher, args.teacher)
     if args.teacher == "wide":
         teacher_dir = wide_model(os.path.join(tmp, "wide"))
-    from pipeline.teacher import TeacherConfig, get_teacher, model_config, shutdown_all
+    from pipeline.teacher import (TeacherConfig, get_teacher, head_block, model_config,
+                                  shutdown_all)
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     mcfg = model_config(teacher_dir)
@@ -98,16 +100,18 @@ def main() -> None:
     prompts = [TokensPrompt(prompt_token_ids=s) for s in seqs]
     head, rows = teacher.head, teacher.head.rows  # the labelling head and its block of positions
 
+    targets = torch.tensor([t for s in seqs for t in s])  # any token per position will do
+
     def ceiling(k):  # every position of every sequence through the head, in blocks of rows
         teacher.set_aux_layers(())  # final states only (the (e) runs may have switched layers on)
         outs = teacher.pool.encode(prompts, pooling_task="token_embed", use_tqdm=False)
         with torch.no_grad():
             h = torch.cat([o.outputs.data for o in outs])
             for i in range(0, len(h), rows):
-                head(h[i:i + rows]).topk(k, dim=-1)
+                head_block(head, h[i:i + rows], targets[i:i + rows], k)
     if args.samples:
-        return sampled_cost(args, teacher, teacher_dir, prompts, seqs, head, rows, ks[0],
-                            base, rng, tmp, start_s)
+        return sampled_cost(args, teacher, teacher_dir, prompts, seqs, targets, ks[0], base,
+                            rng, tmp, start_s)
     a = {k: timed(lambda: ceiling(k)) for k in ks}  # seconds, per k
     results = [{"bench": "a_ceiling_pool_lmhead_topk", "k": k, "tok_s": n_tok / a[k]} for k in ks]
     from vllm import LLM
@@ -181,29 +185,43 @@ def main() -> None:
     shutdown_all()
 
 
-def sampled_cost(args, teacher, teacher_dir, prompts, seqs, head, rows, k, base, rng, tmp,
+def ratios(base: list[float], other: list[float]) -> dict:
+    """Throughput of ``other`` over ``base`` (1.0 = free): best against best, and the median and
+    range of the per-round ratios (the two timed next to each other in each round)."""
+    pairs = sorted(b / o for b, o in zip(base, other))
+    return {"throughput_ratio": min(base) / min(other),
+            "ratio_median": float(np.median(pairs)), "ratio_min": pairs[0],
+            "ratio_max": pairs[-1]}
+
+
+def sampled_cost(args, teacher, teacher_dir, prompts, seqs, targets, k, base, rng, tmp,
                  start_s) -> None:
     """The overhead of N draws per position, head-level and end to end, measured in one run."""
     from pipeline import job, sampler
-    from pipeline.teacher import TeacherConfig, shutdown_all
+    from pipeline.teacher import Draws, TeacherConfig, head_block, shutdown_all
     n_tok = sum(len(s) for s in seqs)
     keys = torch.cat([sampler.position_keys(sampler.example_key(0, f"b{i}"), len(s))
                       for i, s in enumerate(seqs)])
+    head, rows = teacher.head, teacher.head.rows
+    heads = {"topk": (k, None), "sampled": (0, False), "both": (k, True)}
 
-    def ceiling(draws: bool):
+    def ceiling(name):  # the engine's states, then `kd label`'s own head work per block
+        top_k, tail_only = heads[name]
         teacher.set_aux_layers(())
         outs = teacher.pool.encode(prompts, pooling_task="token_embed", use_tqdm=False)
         with torch.no_grad():
             h = torch.cat([o.outputs.data for o in outs])
             for i in range(0, len(h), rows):
-                lp = head(h[i:i + rows])
-                lp.topk(k, dim=-1)
-                if draws:
-                    sampler.draw(lp, keys[i:i + rows], args.samples, consume=True)
-    best = {"ceiling": float("inf"), "ceiling+draws": float("inf")}
-    for _ in range(args.repeat):
-        for name, draws in (("ceiling", False), ("ceiling+draws", True)):
-            best[name] = min(best[name], timed(lambda: ceiling(draws), repeat=1))
+                draws = (None if tail_only is None else
+                         Draws(keys[i:i + rows], args.samples, 1.0, tail_only))
+                head_block(head, h[i:i + rows], targets[i:i + rows], top_k, draws)
+    a_times = {name: [] for name in heads}  # per round, variants interleaved
+    for r in range(args.repeat + 1):  # round 0 warms up
+        for name in heads:
+            t0 = time.perf_counter()
+            ceiling(name)
+            if r:
+                a_times[name].append(time.perf_counter() - t0)
     raw = os.path.join(tmp, "raw.jsonl")
     with open(raw, "w") as f:
         for i in range(args.seqs):
@@ -213,7 +231,7 @@ def sampled_cost(args, teacher, teacher_dir, prompts, seqs, head, rows, k, base,
     variants = {"topk": dict(top_k=k),
                 "sampled": dict(top_k=0, targets="sampled", samples=args.samples),
                 "both": dict(top_k=k, targets="both", samples=args.samples)}
-    e2e = {name: float("inf") for name in variants}
+    e_times = {name: [] for name in variants}
     tokens = 0
     for r in range(args.repeat + 1):  # round 0 warms every variant up
         for name, kw in variants.items():
@@ -223,16 +241,16 @@ def sampled_cost(args, teacher, teacher_dir, prompts, seqs, head, rows, k, base,
             s = job.run(job.LabelJob(cfg, raw, os.path.join(tmp, f"s-{name}-{r}"), mode="text",
                                      shard_rows=args.seqs), [])
             if r:
-                e2e[name] = min(e2e[name], time.perf_counter() - t0)
+                e_times[name].append(time.perf_counter() - t0)
             tokens = s["tokens_labelled"] + s["rows_labelled"]
-    out = [{"bench": "a_ceiling_head_draws", "k": k, "samples": args.samples,
-            "tok_s_topk": n_tok / best["ceiling"], "tok_s_topk_draws": n_tok / best["ceiling+draws"],
-            "throughput_ratio": best["ceiling"] / best["ceiling+draws"]}]
+    out = [{"bench": "a_ceiling_head_draws", "targets": name, "k": k, "samples": args.samples,
+            "tok_s": n_tok / min(a_times[name]), "tok_s_topk": n_tok / min(a_times["topk"]),
+            **ratios(a_times["topk"], a_times[name])} for name in ("sampled", "both")]
     for name in ("sampled", "both"):
         out.append({"bench": "e_kd_label_sampled_vs_topk", "targets": name, "k": k,
-                    "samples": args.samples, "tok_s": tokens / e2e[name],
-                    "tok_s_topk": tokens / e2e["topk"],
-                    "throughput_ratio": e2e["topk"] / e2e[name], "repeat": args.repeat,
+                    "samples": args.samples, "tok_s": tokens / min(e_times[name]),
+                    "tok_s_topk": tokens / min(e_times["topk"]),
+                    **ratios(e_times["topk"], e_times[name]), "repeat": args.repeat,
                     "engine_start_s": start_s})
     for r in out:
         print(json.dumps({**base, **r}), flush=True)

@@ -6,8 +6,9 @@ counter-based hash of its own 64-bit key and the draw index, never from a shared
 the same position gets the same draws whatever else is in the batch, and a rerun or a retried
 chunk writes identical bytes. A draw is an inverse-CDF look-up in two levels (blocks of
 ``BLOCK`` tokens, then the token inside the chosen block), with float64 cumulative sums, so it
-costs one pass over the vocabulary (exp and block sums) plus O(N * BLOCK) per position, and tokens
-of tiny probability keep their exact chance.
+costs one pass over the vocabulary (the block sums; ``draw`` first takes the exp of the log-probs,
+``draw_probs`` is handed probabilities) plus O(N * BLOCK) per position, and tokens of tiny
+probability keep their exact chance.
 
 Proposal q = softmax(log p / tau) (tau = 1: the teacher itself). With ``exclude`` (the top-k ids
 in ``--targets both``) q is restricted to the other tokens: the draws then describe the tail.
@@ -87,11 +88,7 @@ def draw(logprobs: torch.Tensor, keys: torch.Tensor, n: int, temperature: float 
     ``logprobs`` (a float32 tensor the caller no longer needs) instead of allocating a second
     (P, V) buffer.
     """
-    if n < 1:
-        raise ValueError(f"samples per position must be >= 1, got {n}")
-    if not temperature > 0:
-        raise ValueError(f"proposal temperature must be > 0, got {temperature}")
-    p_rows, vocab = logprobs.shape
+    _check(n, temperature)
     dev = logprobs.device
     log_mp = 0.0  # log of p's mass on q's support
     if exclude is not None:
@@ -109,6 +106,44 @@ def draw(logprobs: torch.Tensor, keys: torch.Tensor, n: int, temperature: float 
             shift = q.amax(-1, keepdim=True)
             q.sub_(shift)
     q.exp_()
+    ids, counts, total = _inverse_cdf(q, keys, n, exclude)
+    logw = torch.zeros(ids.shape, dtype=torch.float32, device=dev)
+    if temperature != 1.0:
+        # log w(x) = lp(x) / tau - shift; log q(x) = log w(x) - log total;
+        # log p(x) on q's support = lp(x) - log(mass of p there)
+        log_w = q.gather(1, ids.clamp(min=0)).double().log()
+        lp = (log_w + (0.0 if shift is None else shift.double())) * temperature
+        logw = ((lp - log_mp) - (log_w - total.log())).float().masked_fill_(counts == 0, 0.0)
+    return Samples(ids, counts, logw)
+
+
+def draw_probs(probs: torch.Tensor, keys: torch.Tensor, n: int,
+               exclude: torch.Tensor | None = None) -> Samples:
+    """``n`` draws per position from the teacher itself (proposal temperature 1), given its
+    probabilities ``probs`` (P, V) float32, e.g. ``torch.softmax(logits, -1)``: the labelling
+    head's road, which so needs no exp pass of its own. ``probs`` is overwritten where
+    ``exclude`` (P, k) is given (those ids get no mass: the draws then describe the tail).
+    Same draws as ``draw(log(probs), ...)`` up to float rounding at a block boundary."""
+    _check(n, 1.0)
+    if exclude is not None:
+        exclude = exclude.long().to(probs.device)
+    ids, counts, _ = _inverse_cdf(probs.float(), keys, n, exclude)
+    return Samples(ids, counts, torch.zeros(ids.shape, dtype=torch.float32, device=probs.device))
+
+
+def _check(n: int, temperature: float) -> None:
+    if n < 1:
+        raise ValueError(f"samples per position must be >= 1, got {n}")
+    if not temperature > 0:
+        raise ValueError(f"proposal temperature must be > 0, got {temperature}")
+
+
+def _inverse_cdf(q: torch.Tensor, keys: torch.Tensor, n: int,
+                 exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` draws per row from the unnormalised weights ``q`` (P, V), float32, zeroed in place at
+    ``exclude``: (unique ids, counts, (P, 1) float64 total weight)."""
+    p_rows, vocab = q.shape
+    dev = q.device
     if exclude is not None:
         q.scatter_(1, exclude, 0.0)
     full = vocab // BLOCK
@@ -136,14 +171,7 @@ def draw(logprobs: torch.Tensor, keys: torch.Tensor, n: int, temperature: float 
     rest = torch.minimum(rest.float(), torch.nextafter(inner[..., -1], torch.zeros_like(inner[..., -1])))
     t = torch.searchsorted(inner, rest[..., None], right=True)[..., 0].clamp_(max=BLOCK - 1)
     ids, counts = _unique_rows(b * BLOCK + t)
-    logw = torch.zeros(ids.shape, dtype=torch.float32, device=dev)
-    if temperature != 1.0:
-        # log w(x) = lp(x) / tau - shift; log q(x) = log w(x) - log total;
-        # log p(x) on q's support = lp(x) - log(mass of p there)
-        log_w = q.gather(1, ids.clamp(min=0)).double().log()
-        lp = (log_w + (0.0 if shift is None else shift.double())) * temperature
-        logw = ((lp - log_mp) - (log_w - total.log())).float().masked_fill_(counts == 0, 0.0)
-    return Samples(ids, counts, logw)
+    return ids, counts, total
 
 
 def _unique_rows(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

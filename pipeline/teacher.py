@@ -138,15 +138,83 @@ class LmHead:
         else:
             self.matmul = lambda x: x @ weight.T
 
-    def __call__(self, states):
-        """At most ``self.rows`` states at a time keep the log-probs within the block budget."""
+    def logits(self, states):
+        """(n, d) states -> (n, V) fp32 logits. At most ``self.rows`` states at a time keep them
+        within the block budget."""
         import torch
         logits = self.matmul(states.to(self.device, self.dtype).contiguous()).float()
         if self.logit_scale:
             logits = logits * self.logit_scale
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        return torch.log_softmax(logits, dim=-1)
+        return logits
+
+    def __call__(self, states):
+        """(n, d) states -> (n, V) fp32 log-probabilities."""
+        import torch
+        return torch.log_softmax(self.logits(states), dim=-1)
+
+
+# a probability below this is too close to float32's underflow for its log: such rows of a
+# block take their log-probs from the log-softmax instead (see head_block)
+TINY_PROB = 1e-30
+
+
+@dataclasses.dataclass
+class Draws:
+    """What ``head_block`` draws: ``samples`` per position with these ``keys`` (P, 2), from
+    softmax(log p / ``temperature``), outside the top-k when ``tail_only`` (``--targets both``)."""
+    keys: "torch.Tensor"  # noqa: F821
+    samples: int
+    temperature: float = 1.0
+    tail_only: bool = False
+
+
+def head_block(head: LmHead, states, targets, k: int, draws: Draws | None = None):
+    """One block of positions through the labelling head: (top-k ids, top-k log-probs, the
+    targets' log-probs, the draws or None); ids and log-probs ``None`` when ``k`` is 0.
+
+    Top-k only: log-softmax, top-k and the targets' entries. With draws from the teacher itself
+    (proposal temperature 1), the softmax replaces the log-softmax (same cost, one kernel), the
+    draws take its probabilities as they are, and the top-k and the targets' log-probs are logs
+    of its entries (within ~1e-7 of the log-softmax's), except in rows where one of those
+    probabilities is below ``TINY_PROB``, which take them from the log-softmax; so sampling adds
+    no exp pass of its own over the vocabulary. Other proposal temperatures take the general
+    road (``sampler.draw`` on the log-softmax)."""
+    import torch
+    from pipeline import sampler
+    logits = head.logits(states)
+    targets = targets.to(logits.device)[:, None]
+    if draws is None or draws.temperature != 1.0:
+        lp = torch.log_softmax(logits, dim=-1)
+        del logits
+        top = lp.topk(k, dim=-1) if k else None
+        target_lp = lp.gather(1, targets)[:, 0]
+        drawn = None
+        if draws is not None:
+            drawn = sampler.draw(lp, draws.keys, draws.samples, draws.temperature,
+                                 exclude=top.indices if draws.tail_only else None,
+                                 consume=True)  # lp is not needed after this
+        return (top.indices if k else None, top.values if k else None, target_lp, drawn)
+    probs = torch.softmax(logits, dim=-1)
+    top = probs.topk(k, dim=-1) if k else None
+    target_p = probs.gather(1, targets)[:, 0]
+    low = target_p < TINY_PROB
+    if k:
+        low |= top.values[:, -1] < TINY_PROB
+    top_ids, top_lp = (top.indices, top.values.log()) if k else (None, None)
+    target_lp = target_p.log()
+    rows = low.nonzero()[:, 0]
+    if len(rows):  # exact logs for the rows near underflow (ties at 0 also reorder their top-k)
+        lp = torch.log_softmax(logits[rows], dim=-1)
+        target_lp[rows] = lp.gather(1, targets[rows])[:, 0]
+        if k:
+            exact = lp.topk(k, dim=-1)
+            top_ids[rows], top_lp[rows] = exact.indices, exact.values
+    del logits
+    drawn = sampler.draw_probs(probs, draws.keys, draws.samples,
+                               exclude=top_ids if draws.tail_only else None)
+    return top_ids, top_lp, target_lp, drawn
 
 
 def engine_key(cfg: TeacherConfig) -> TeacherConfig:
@@ -252,19 +320,18 @@ class VllmTeacher:
             keys = torch.cat([sampler.position_keys(sampler.example_key(cfg.sample_seed, i), n)
                               for i, n in zip(ids, n_resp)])
         top_ids, top_lp, target_lp, drawn = [], [], [], []
-        rows = self.head.rows  # bound the (rows, V) log-probs
+        rows = self.head.rows  # bound the (rows, V) logits
         with torch.no_grad():
             for i in range(0, len(states), rows):  # all sequences' positions, in blocks
-                lp = self.head(states[i:i + rows])
-                top = lp.topk(k, dim=-1) if k else None
-                if top is not None:
-                    top_ids.append(top.indices.int().cpu())
-                    top_lp.append(top.values.cpu())
-                target_lp.append(lp.gather(1, targets[i:i + rows, None].to(lp.device))[:, 0].cpu())
+                block = (Draws(keys[i:i + rows], cfg.samples, cfg.proposal_temperature,
+                               tail_only=cfg.targets == "both") if draws else None)
+                ids_, lp_, tlp, s = head_block(self.head, states[i:i + rows],
+                                               targets[i:i + rows], k, block)
+                if k:
+                    top_ids.append(ids_.int().cpu())
+                    top_lp.append(lp_.cpu())
+                target_lp.append(tlp.cpu())
                 if draws:
-                    s = sampler.draw(lp, keys[i:i + rows], cfg.samples, cfg.proposal_temperature,
-                                     exclude=top.indices if cfg.targets == "both" else None,
-                                     consume=True)  # lp is not needed after this
                     drawn.append((s.ids.int().cpu(), s.counts.to(torch.uint8).cpu(),
                                   s.logweights.cpu()))
         split = np.cumsum(n_resp)[:-1]
