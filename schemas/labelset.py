@@ -76,14 +76,15 @@ def shard_chunk(path: str) -> str:
 # ---- writer ------------------------------------------------------------------------------------
 
 def _list(rows: list[np.ndarray], dtype) -> pa.Array:
-    flat = np.concatenate([np.asarray(r).reshape(-1) for r in rows]).astype(dtype)
+    flat = np.concatenate([np.asarray(r).reshape(-1) for r in rows]).astype(dtype, copy=False)
     off = np.concatenate([[0], np.cumsum([np.asarray(r).size for r in rows])]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(off), pa.array(flat))
 
 
 def _list_of_lists(rows: list[np.ndarray], k: int, dtype) -> pa.Array:
     """(n_i, k) arrays -> list<list<dtype>>, one row per array."""
-    return compact.nested_list(np.concatenate(rows).astype(dtype), k, [len(r) for r in rows])
+    return compact.nested_list(np.concatenate(rows).astype(dtype, copy=False), k,
+                               [len(r) for r in rows])
 
 
 def build_table(items: list[tuple[Tokenized, Labels]], k: int, hidden_layers: tuple[int, ...],
