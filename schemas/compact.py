@@ -270,7 +270,7 @@ def to_plain(table: pa.Table) -> pa.Table:
 def parquet_options(schema: pa.Schema) -> dict:
     """Extra ``pq.ParquetWriter`` options for a shard schema: for plain shards, dictionary
     encoding on the id and string columns only (float columns gain nothing from a dictionary
-    but the time to build one: the demo's top-64 shard writes 1.2x faster and no larger); for
+    but the time to try one); for
     compact ones BYTE_STREAM_SPLIT (no dictionary) on the label columns."""
     if encoding_of(schema)[0] == "plain":
         return {"use_dictionary": [_leaf_path(f) for f in schema
