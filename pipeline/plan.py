@@ -40,7 +40,7 @@ CPU_MFU = 0.69
 CPU_START_S = 18.0
 # label columns (ids, log-probs, target log-prob), bytes per labelled position, measured by
 # bench/storage.py (synthetic teacher, vocab 128k, Zipf-ordered ids; docs/BENCHMARKS.md)
-LABEL_BYTES = {"plain": {20: 161.4, 50: 328.9, 64: 404.8, 128: 759.0},
+LABEL_BYTES = {"plain": {20: 122.1, 50: 288.4, 64: 365.1, 128: 718.8},
                "compact": {20: 48.2, 50: 93.8, 64: 113.6, 128: 197.7}}
 NON_GATED = {"gpt2", "gpt_neox", "opt", "gptj", "falcon", "bloom", "phi"}
 Z95 = 1.96
