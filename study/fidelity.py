@@ -34,6 +34,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import sys
 import time
 
@@ -153,11 +154,51 @@ def teacher_stats(labels: str) -> dict:
     return {k: round(v / n, 4) for k, v in sums.items()}
 
 
+def run_key(cfg) -> str:
+    """What decides a training run's result: its settings, the student's config and the label
+    set's content (cache key and shard hashes), not where they are stored."""
+    import hashlib
+    from schemas.manifest import load_manifest
+    m = load_manifest(cfg.labels)
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if k not in ("labels", "student", "out", "metrics_file")}
+    with open(cfg.student) as f:
+        student = json.load(f)
+    blob = json.dumps({"settings": settings, "student": student, "cache_key": m.cache_key,
+                       "shards": sorted(sh.sha256 for sh in m.shards)}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_shared(cfg) -> str:
+    """Train ``cfg`` into ``cfg.out``. Within one `make study` (``KD_STUDY_RUNS`` set to a
+    directory of that invocation) a run is trained once for all experiments: experiment 3's
+    forward-KL arm and its sweep are experiment 6's online arm and sweep. ``cfg.out`` is then a
+    link to the shared run. Returns ``cfg.out``."""
+    from student_train.train import train
+    shared = os.environ.get("KD_STUDY_RUNS")
+    if not shared:
+        train(cfg)
+        return cfg.out
+    run = os.path.abspath(f"{shared}/{run_key(cfg)}")
+    if not os.path.exists(f"{run}/trained.json"):
+        train(dataclasses.replace(cfg, out=run))
+        with open(f"{run}/trained.json", "w") as f:
+            json.dump({"first_trained_as": cfg.out}, f)
+    else:
+        print(f"{cfg.out}: the same run as {run} (trained by another experiment)", flush=True)
+    os.makedirs(os.path.dirname(cfg.out), exist_ok=True)
+    if os.path.lexists(cfg.out):
+        os.remove(cfg.out) if os.path.islink(cfg.out) else shutil.rmtree(cfg.out)
+    os.symlink(run, cfg.out)
+    return cfg.out
+
+
 def choose_lr(p: dict, work: str, sets: dict, student: str, arms: dict) -> float:
     """The learning rate of LRS with the lowest validation NLL, averaged over ``arms`` (seed 0):
     the validation split only, never the held-out text. Writes {work}/lr_sweep.json."""
     from student_train.evaluate import evaluate
-    from student_train.train import TrainConfig, train
+    from student_train.train import TrainConfig
     path = f"{work}/lr_sweep.json"
     if os.path.exists(path):
         with open(path) as f:
@@ -166,9 +207,9 @@ def choose_lr(p: dict, work: str, sets: dict, student: str, arms: dict) -> float
     for lr in LRS:
         for arm, (label_set, over) in arms.items():
             out = f"{work}/sweep/{arm}-lr{lr:g}"
-            train(TrainConfig(labels=sets[label_set], student=student, out=out, lr=lr,
-                              steps=p["steps"], batch_size=p["batch"], seed=0, views=("raw",),
-                              **over))
+            train_shared(TrainConfig(labels=sets[label_set], student=student, out=out, lr=lr,
+                                     steps=p["steps"], batch_size=p["batch"], seed=0,
+                                     views=("raw",), **over))
             nll[f"{arm} lr={lr:g}"] = evaluate(out, sets["val"], "raw")["ce"]
             print(f"lr sweep: {arm} lr={lr:g} validation NLL {nll[f'{arm} lr={lr:g}']:.4f}",
                   flush=True)
@@ -181,7 +222,7 @@ def choose_lr(p: dict, work: str, sets: dict, student: str, arms: dict) -> float
 def run(p: dict, work: str, t0: float) -> list[dict]:
     import torch
     from student_train.evaluate import evaluate
-    from student_train.train import TrainConfig, train
+    from student_train.train import TrainConfig
     torch.set_num_threads(int(os.environ.get("KD_STUDY_THREADS", "2")))
     os.makedirs(work, exist_ok=True)
     student = f"{work}/student.json"
@@ -199,9 +240,9 @@ def run(p: dict, work: str, t0: float) -> list[dict]:
         for arm, (label_set, over) in ARMS.items():
             out = f"{work}/runs/{arm.replace(' ', '_').replace('=', '')}-s{seed}"
             t1 = time.time()
-            train(TrainConfig(labels=sets[label_set], student=student, out=out,
-                              steps=p["steps"], batch_size=p["batch"], seed=seed, lr=lr,
-                              views=("raw",), **over))
+            train_shared(TrainConfig(labels=sets[label_set], student=student, out=out,
+                                     steps=p["steps"], batch_size=p["batch"], seed=seed, lr=lr,
+                                     views=("raw",), **over))
             r = evaluate(out, sets["heldout"], "raw", teacher=TEACHER)
             rows.append({"arm": arm, "seed": seed, "train_s": round(time.time() - t1, 1),
                          **{m: r[m] for m in METRICS}, "tokens": r["tokens"],

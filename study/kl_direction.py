@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run as a script
 from study.fidelity import (FULL, QUICK, REDUCED, STUDENT, TEACHER, choose_lr, heldout_batches,
-                            label_all, mean_std)
+                            label_all, mean_std, train_shared)
 
 ARMS = {"forward_kl": {}, "reverse_kl": {}, "jsd": {"beta": 0.5}, "tvd": {}}
 N_SAMPLES, SAMPLE_LEN, TOP_MODES = 32, 32, 5
@@ -69,7 +69,7 @@ def student_stats(student_dir: str, labels: str, seed: int) -> dict:
 def run(p: dict, work: str) -> list[dict]:
     import torch
     from student_train.evaluate import evaluate
-    from student_train.train import TrainConfig, train
+    from student_train.train import TrainConfig
     torch.set_num_threads(int(os.environ.get("KD_STUDY_THREADS", "2")))
     os.makedirs(work, exist_ok=True)
     student = f"{work}/student.json"
@@ -84,9 +84,9 @@ def run(p: dict, work: str) -> list[dict]:
     for seed in p["seeds"]:
         for arm, over in ARMS.items():
             out = f"{work}/runs/{arm}-s{seed}"
-            train(TrainConfig(labels=sets["k1"], student=student, out=out, steps=p["steps"],
-                              batch_size=p["batch"], seed=seed, views=("raw",), lr=lr,
-                              **online[arm][1]))
+            train_shared(TrainConfig(labels=sets["k1"], student=student, out=out,
+                                     steps=p["steps"], batch_size=p["batch"], seed=seed,
+                                     views=("raw",), lr=lr, **online[arm][1]))
             r = evaluate(out, sets["heldout"], "raw", teacher=TEACHER)
             rows.append({"arm": arm, "seed": seed, "nll": r["ce"], "kl": r["kl"],
                          **student_stats(out, sets["heldout"], seed)})

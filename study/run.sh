@@ -11,6 +11,10 @@ PY=${PY:-.venv/bin/python}
 if [ "${QUICK:-0}" = 1 ]; then mode=(--quick); OUT=${OUT:-runs/study-quick}
 else mode=(); OUT=${OUT:-runs/study}; fi
 mkdir -p "$OUT"
+# training runs shared by experiments within this invocation (study/fidelity.py: train_shared);
+# a fresh directory each time, so that a rerun after a code change never reuses an older run
+export KD_STUDY_RUNS="$OUT/shared-runs"
+rm -rf "$KD_STUDY_RUNS"
 lscpu | grep -E "Model name|^CPU\(s\)" > "$OUT/machine.txt" || true
 echo "== experiment 1: KL arithmetic (unit test)"
 "$PY" -m pytest -q tests/student_train/test_kl_arithmetic.py
