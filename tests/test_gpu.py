@@ -43,6 +43,32 @@ def test_tensor_path_head_on_cuda_equals_cpu():
     assert same > 0.999, same
 
 
+@pytest.mark.gpu
+def test_head_block_with_draws_on_cuda_equals_cpu():
+    """`kd label --targets both`'s head work per block (softmax road, top-k + tail draws) on CUDA
+    against the CPU: the same log-probs, and the same draws but where float rounding moves a
+    block boundary (the uniforms are integer hashes, equal on both devices)."""
+    from pipeline import sampler
+    from pipeline.teacher import Draws, head_block
+    torch.manual_seed(0)
+    n = 4096
+    states = torch.randn(n, head_on("cpu").hidden)
+    targets = torch.randint(0, 80, (n,))
+    keys = sampler.position_keys(sampler.example_key(0, "gpu"), n)
+    out = {}
+    for device in ("cpu", "cuda"):
+        ids, top_lp, target_lp, s = head_block(head_on(device), states, targets, 8,
+                                               Draws(keys.to(device), 12, tail_only=True))
+        out[device] = [t.cpu() for t in (ids, top_lp, target_lp, s.ids, s.counts)]
+    cpu, gpu = out["cpu"], out["cuda"]
+    assert (cpu[0] == gpu[0]).float().mean().item() > 0.999
+    torch.testing.assert_close(cpu[1], gpu[1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cpu[2], gpu[2], atol=1e-4, rtol=1e-4)
+    assert (gpu[4].sum(-1) == 12).all()
+    same = ((cpu[3] == gpu[3]) & (cpu[4] == gpu[4])).all(-1).float().mean().item()
+    assert same > 0.99, same
+
+
 def kd_train(labels, out, *extra, env=None):
     cmd = [f"{BIN}/kd", "train", "--labels", labels, "--student", STUDENT, "--out", out,
            "--steps", "20", "--batch-size", "8", "--seed", "3", *extra]
