@@ -7,7 +7,9 @@ shard writing, and the rest (Beam, reading, tokenising, manifest).
 
 Plain-text records of ~200 demo-tokenizer tokens ("wide": bench/label_throughput.py's random
 32k-vocabulary Llama), one shard, engine started before the timed runs;
-the calls are timed by wrappers in this process. Best of 2 runs. Prints one JSON line.
+the calls are timed by wrappers in this process. Best of 2 runs. Prints one JSON line; its
+"shard" part splits the shard's time into the Arrow table, the Parquet encoding (zstd included),
+the hash and file write, and gives the same table's Parquet encoding with compression off.
 """
 import argparse
 import json
@@ -67,9 +69,15 @@ def main() -> None:
     teacher.pool.encode = timed("engine_encode", teacher.pool.encode)
     T.VllmTeacher.label = timed("label_call", T.VllmTeacher.label)
     labelset.write_shard = timed("write_shard", labelset.write_shard)
+    encode, build = labelset.parquet_bytes, labelset.build_table
+    labelset.parquet_bytes = timed("parquet", encode)
+    tables = []  # the run's shard table, encoded again below with compression off
+    labelset.build_table = timed("build_table", lambda *a, **kw: tables.append(
+        build(*a, **kw)) or tables[-1])
     best = None
     for _ in range(2):
         spent.clear()
+        tables.clear()
         out = os.path.join(tmp, "labels")
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
@@ -77,11 +85,22 @@ def main() -> None:
         total = time.perf_counter() - t0
         if best is None or total < best["total_s"]:
             best = {"total_s": total, **spent}
+            table = tables[0]
     T.shutdown_all()
     shutil.rmtree(tmp)
     engine, label, write = best["engine_encode"], best["label_call"], best["write_shard"]
     parts = {"engine_forward": engine, "head_topk_summaries": label - engine,
              "shard_encode_write": write, "rest": best["total_s"] - label - write}
+    # the shard's part: the Arrow table, its Parquet encoding (zstd included), the rest (hash,
+    # file write); and the same table's Parquet encoding with compression off
+    uncompressed = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        encode(table, compression="none")
+        uncompressed.append(time.perf_counter() - t0)
+    shard = {"build_table_s": best["build_table"], "parquet_s": best["parquet"],
+             "parquet_uncompressed_s": min(uncompressed),
+             "hash_write_s": write - best["build_table"] - best["parquet"]}
     print(json.dumps({"machine": f"{os.cpu_count()} CPU cores", "teacher": args.teacher,
                       "seqs": args.seqs,
                       "tokens": args.seqs * 200, "k": args.k, "hidden": args.hidden,
@@ -90,7 +109,8 @@ def main() -> None:
                       "total_s": round(best["total_s"], 2),
                       **{f"{n}_s": round(v, 2) for n, v in parts.items()},
                       **{f"{n}_share": round(v / best["total_s"], 3)
-                         for n, v in parts.items()}}))
+                         for n, v in parts.items()},
+                      "shard": {n: round(v, 3) for n, v in shard.items()}}))
 
 
 if __name__ == "__main__":

@@ -142,12 +142,13 @@ def row_group_bounds(ids: list[str], target: int = ROW_GROUP_ROWS) -> list[int]:
     return ends
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(table: pa.Table, compression: str = "zstd") -> bytes:
+    """A shard's (or the rejects') Parquet bytes; ``compression`` other than zstd for benches."""
     buf = io.BytesIO()
     if "example_id" not in table.column_names:  # rejects: plain row groups
-        pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, compression="zstd")
+        pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, compression=compression)
         return buf.getvalue()
-    with pq.ParquetWriter(buf, table.schema, compression="zstd",
+    with pq.ParquetWriter(buf, table.schema, compression=compression,
                           **compact.parquet_options(table.schema)) as writer:
         start = 0
         for end in row_group_bounds(table["example_id"].to_pylist()):
