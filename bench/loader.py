@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 def synthetic_label_set(out: str, rows: int = 2048, seq: int = 256, resp: int = 192,
                         k: int = 64, vocab: int = 32000, shard_rows: int = 512) -> str:
     """A label set of random rows at realistic sizes (no teacher involved: a bench fixture)."""
-    from schemas.labelset import Labels, Tokenized, write_shard
+    from schemas.labelset import Labels, Tokenized, chunk_name, write_shard
     from schemas import Manifest, write_manifest
     rng = np.random.default_rng(0)
     infos = []
@@ -37,7 +37,8 @@ def synthetic_label_set(out: str, rows: int = 2048, seq: int = 256, resp: int = 
             items.append((Tokenized(f"ex{i:07d}", ids, seq - resp, None, None),
                           Labels(rng.integers(0, vocab, (resp, k)).astype(np.int32), lp,
                                  lp[:, 0].copy(), {})))
-        infos.append(write_shard(out, items, k, (), {"k": k}))
+        infos.append(write_shard(out, items, k, (), {"k": k},
+                                 chunk_name([t for t, _ in items])))
     write_manifest(out, Manifest(1, "bench", {"path": "synthetic"}, "synthetic",
                                  {"top_k": k, "hidden_layers": []}, infos,
                                  {"path": "", "rows": 0}, {"rows_in": rows}))

@@ -59,9 +59,21 @@ class TrainConfig:
     shuffle_buffer: int = 2048    # rows in the seeded shuffle buffer
     bf16: bool = False            # autocast the student forward to bfloat16
     shard_model: bool = False     # under torchrun: FSDP2 (sharded) instead of DDP (replicated)
-    chunk_positions: int = 4096   # positions per logits chunk (bounds full-vocab memory)
+    chunk_positions: int = 0      # positions per logits chunk (bounds full-vocab memory);
+    #                               0 = by device (``chunk_for``)
     metrics_file: str | None = None
     teacher: str | None = None    # online KD: this teacher model runs in the loop (full vocab)
+
+
+CHUNK_POSITIONS = {"cuda": 4096, "cpu": 256}  # chunk_positions = 0: per device type
+
+
+def chunk_for(cfg: TrainConfig, device_type: str) -> int:
+    """Positions per logits chunk. On the CPU 256: a (256, V) fp32 chunk and its temporaries
+    stay few and small enough for the allocator to reuse, where 4096-position ones are fresh
+    mappings whose pages the kernel zeroes at every chunk (the KD term, with more temporaries
+    than CE, paid most: docs/BENCHMARKS.md, "Training: the KD loss against CE-only")."""
+    return cfg.chunk_positions or CHUNK_POSITIONS.get(device_type, CHUNK_POSITIONS["cuda"])
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -100,8 +112,9 @@ def backward_step(model: Distiller, batch, cfg: TrainConfig, scale: float = 1.0,
     leaves = [p.detach().requires_grad_(True) for p in params]
     h_leaf = h.detach().requires_grad_(True)
     ce_total = kd_total = 0.0
-    for s in range(0, n, cfg.chunk_positions):
-        sl = slice(s, s + cfg.chunk_positions)
+    chunk = chunk_for(cfg, device_type)
+    for s in range(0, n, chunk):
+        sl = slice(s, s + chunk)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = torch.nn.functional.linear(h_leaf[sl], *leaves)
         ce = losses.ce_loss(logits, batch.targets[sl]).sum()
