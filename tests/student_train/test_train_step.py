@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from student_train.model import Distiller, load_student
 from student_train.stream import LabelSet, batches
-from student_train.train import TrainConfig, backward_step
+from student_train.train import TrainConfig, backward_step, chunk_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STUDENT = os.path.join(ROOT, "demo", "student.json")
@@ -52,6 +52,21 @@ def test_chunked_backward_matches_plain_autograd(label_set):
     for name in ref:
         assert torch.allclose(g_small[name], ref[name], atol=1e-6, rtol=1e-4), name
         assert torch.allclose(g_big[name], ref[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_chunk_default_by_device_and_default_run_equals_plain(label_set):
+    """chunk_positions = 0 takes the device's chunk (256 positions on the CPU); a set value wins;
+    the default run's gradients are those of one unchunked pass."""
+    cfg = TrainConfig(labels="", student="", out="", steps=1)
+    assert (chunk_for(cfg, "cpu"), chunk_for(cfg, "cuda")) == (256, 4096)
+    assert chunk_for(TrainConfig(labels="", student="", out="", steps=1, chunk_positions=64),
+                     "cpu") == 64
+    ls = LabelSet(label_set["out"])
+    m_default, g_default = grads_for(ls, chunk=0)
+    m_one, g_one = grads_for(ls, chunk=100000)
+    assert abs(m_default["loss"] - m_one["loss"]) < 1e-5
+    for name in g_one:
+        assert torch.allclose(g_default[name], g_one[name], atol=1e-6, rtol=1e-4), name
 
 
 @pytest.mark.parametrize("engine", ["ddp", "fsdp2"])
