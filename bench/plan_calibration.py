@@ -62,7 +62,7 @@ def main() -> None:
     (a, b) = [r for r in rows if r["split"] == "train"]
     rate = (b["flops"] - a["flops"]) / (b["measured_s"] - a["measured_s"])
     start = a["measured_s"] - a["flops"] / rate
-    peak = plan.cpu_cores() * plan.CPU_FLOP_PER_CYCLE * plan.CPU_GHZ * 1e9
+    peak, _ = plan.cpu_peak()
     print(json.dumps({"fit_start_s": start, "fit_flops_per_s": rate, "fit_mfu": rate / peak}))
     print("| teacher | split | TFLOP | measured s | plan s (plan.py) | error | plan s (fit) | error |")
     print("|---|---|---|---|---|---|---|---|")

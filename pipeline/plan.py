@@ -179,6 +179,13 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+def cpu_peak() -> tuple[float, str]:
+    """This machine's assumed CPU peak, FLOP/s, and how it was made."""
+    return (cpu_cores() * CPU_FLOP_PER_CYCLE * CPU_GHZ * 1e9,
+            f"{cpu_cores()} cores x {CPU_FLOP_PER_CYCLE} FLOP/cycle x {CPU_GHZ} GHz "
+            "(assumed; fp32 AVX-512 FMA)")
+
+
 def plan(model_dir: str, raw: str, simplified: str | None = None, top_k: int = 20,
          encoding: str = "plain", gpu: str = "h100", gpus: int = 1, mfu: float | None = None,
          shard_rows: int = 512, summary_layers: int = 1, proj_dim: int = 0, sample: int = 0,
@@ -193,11 +200,10 @@ def plan(model_dir: str, raw: str, simplified: str | None = None, top_k: int = 2
                  + tc.examples * views * summary_layers * d * 4
                  + tc.labelled * summary_layers * proj_dim * 4)
     if gpu == "cpu":
-        peak = cpu_cores() * CPU_FLOP_PER_CYCLE * CPU_GHZ * 1e9
+        peak, peak_note = cpu_peak()
         mfu = mfu or CPU_MFU
         start = CPU_START_S
-        peak_note = (f"{cpu_cores()} cores x {CPU_FLOP_PER_CYCLE} FLOP/cycle x {CPU_GHZ} GHz "
-                     f"(assumed; fp32 AVX-512 FMA), MFU and start-up fitted on this machine")
+        peak_note += ", MFU and start-up fitted on this machine"
     else:
         peak = PEAK_TFLOPS[gpu] * 1e12
         mfu = mfu or GPU_MFU

@@ -69,10 +69,10 @@ CHUNK_POSITIONS = {"cuda": 4096, "cpu": 256}  # chunk_positions = 0: per device 
 
 
 def chunk_for(cfg: TrainConfig, device_type: str) -> int:
-    """Positions per logits chunk. On the CPU 256: a (256, V) fp32 chunk and its temporaries
-    stay few and small enough for the allocator to reuse, where 4096-position ones are fresh
-    mappings whose pages the kernel zeroes at every chunk (the KD term, with more temporaries
-    than CE, paid most: docs/BENCHMARKS.md, "Training: the KD loss against CE-only")."""
+    """Positions per logits chunk. On the CPU 256: at V = 32k a (256, V) fp32 chunk stays under
+    glibc's 32 MiB limit for memory it reuses after a free; with 4096-position chunks the KD
+    term, which makes more temporaries of that size than CE, cost 1.35x CE-only and much of the
+    time was the kernel's (docs/BENCHMARKS.md, "Training: the KD loss against CE-only")."""
     return cfg.chunk_positions or CHUNK_POSITIONS.get(device_type, CHUNK_POSITIONS["cuda"])
 
 
